@@ -1,0 +1,191 @@
+"""MaskSet: the bool masks of a model's targets, and everything that reads or enforces them.
+
+Masks are ``torch.bool`` tensors (True = kept) on each parameter's device, owned here and never
+registered on the model, so state-dict keys never change and DDP never broadcasts them. Enforcing
+them is an in-place multiply with foreach ops, done once after ``optimizer.step()``; it also zeroes
+every optimizer state tensor of the parameter's shape (SGD momentum, Adam/AdamW ``exp_avg``,
+``exp_avg_sq``, ``max_exp_avg_sq``) at pruned positions, so nothing can revive a pruned weight.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import SparsityError
+from .targets import Target
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One row of the per-layer table. ``sparsity`` and ``target`` are fractions in [0, 1]."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    kept: int
+    sparsity: float
+    target: float | None
+
+
+def _pack(mask: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(mask.detach().reshape(-1).cpu().numpy()))
+
+
+def _unpack(bits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    numel = int(np.prod(shape, dtype=np.int64))
+    flat = np.unpackbits(bits.cpu().numpy().astype(np.uint8), count=numel).astype(bool)
+    return torch.from_numpy(flat).reshape(tuple(shape))
+
+
+class MaskSet:
+    """Bool keep-masks for an ordered list of targets.
+
+    ``model_numel`` is the parameter count of the whole model, used for sparsity over all
+    parameters; ``target_counts`` are the pruned counts the budget asked for (the table's target).
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        masks: Sequence[torch.Tensor] | None = None,
+        *,
+        model_numel: int | None = None,
+        target_counts: Sequence[int] | None = None,
+    ) -> None:
+        if not targets:
+            raise SparsityError("a MaskSet needs at least one target")
+        self.targets = list(targets)
+        if masks is None:
+            masks = [torch.ones(t.shape, dtype=torch.bool, device=t.param.device) for t in self.targets]
+        if len(masks) != len(self.targets):
+            raise SparsityError(f"got {len(masks)} masks for {len(self.targets)} targets")
+        for target, mask in zip(self.targets, masks):
+            if tuple(mask.shape) != target.shape or mask.dtype != torch.bool:
+                raise SparsityError(
+                    f"mask for {target.name!r} must be bool of shape {target.shape}, got {mask.dtype} {tuple(mask.shape)}"
+                )
+        self.masks = [m.to(t.param.device) for t, m in zip(self.targets, masks)]
+        self.model_numel = model_numel
+        self.target_counts = list(target_counts) if target_counts is not None else None
+
+    # ---- views -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.targets]
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [t.param for t in self.targets]
+
+    def numel(self) -> int:
+        """Elements over all targets."""
+        return sum(t.numel for t in self.targets)
+
+    def kept_counts(self) -> list[int]:
+        return [int(c) for c in torch.stack([m.sum().cpu() for m in self.masks]).tolist()]
+
+    def pruned_count(self) -> int:
+        return self.numel() - sum(self.kept_counts())
+
+    def sparsity(self) -> float:
+        """Pruned fraction of the target elements."""
+        return self.pruned_count() / self.numel()
+
+    def sparsity_over_parameters(self) -> float:
+        """Pruned target elements as a fraction of every parameter of the model."""
+        if self.model_numel is None:
+            raise SparsityError("this MaskSet was built without model_numel; sparsity over all parameters is unknown")
+        return self.pruned_count() / self.model_numel
+
+    # ---- enforcement -------------------------------------------------------------------------
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Zero every pruned weight in place."""
+        torch._foreach_mul_([p.data for p in self.params], self.masks)
+
+    @torch.no_grad()
+    def mask_optimizer_state_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero, at pruned positions, every optimizer state tensor shaped like its parameter."""
+        states, masks = [], []
+        for param, mask in zip(self.params, self.masks):
+            state = optimizer.state.get(param)
+            if not state:
+                continue
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                    states.append(value)
+                    masks.append(mask if value.device == mask.device else mask.to(value.device))
+        if states:
+            torch._foreach_mul_(states, masks)
+
+    # ---- reports -----------------------------------------------------------------------------
+    def table(self) -> list[LayerSparsity]:
+        rows = []
+        for i, (target, kept) in enumerate(zip(self.targets, self.kept_counts())):
+            wanted = None if self.target_counts is None else self.target_counts[i] / target.numel
+            rows.append(LayerSparsity(target.name, target.shape, target.numel, kept, 1 - kept / target.numel, wanted))
+        return rows
+
+    def format_table(self) -> str:
+        """The per-layer table as aligned text, with totals over targets and over all parameters."""
+        rows = self.table()
+        width = max(len("layer"), *(len(r.name) for r in rows))
+        lines = [f"{'layer':<{width}}  {'shape':<18} {'numel':>11} {'kept':>11} {'sparsity':>9} {'target':>9}"]
+        for r in rows:
+            target = "" if r.target is None else f"{r.target:.2%}"
+            shape = "x".join(map(str, r.shape))
+            lines.append(f"{r.name:<{width}}  {shape:<18} {r.numel:>11,} {r.kept:>11,} {r.sparsity:>9.2%} {target:>9}")
+        total, kept = self.numel(), sum(r.kept for r in rows)
+        lines.append(f"{'targets':<{width}}  {'':<18} {total:>11,} {kept:>11,} {1 - kept / total:>9.2%}")
+        if self.model_numel is not None:
+            lines.append(f"sparsity over all {self.model_numel:,} parameters: {self.sparsity_over_parameters():.2%}")
+        return "\n".join(lines)
+
+    def checksum(self) -> int:
+        """CRC32 of names, shapes and mask bits: equal on two processes iff their masks are equal."""
+        crc = 0
+        for target, mask in zip(self.targets, self.masks):
+            crc = zlib.crc32(f"{target.name}:{target.shape};".encode(), crc)
+            crc = zlib.crc32(_pack(mask).numpy().tobytes(), crc)
+        return crc
+
+    # ---- persistence -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Bit-packed masks (uint8 CPU tensors) with the names and shapes they belong to."""
+        return {
+            "version": STATE_VERSION,
+            "names": self.names,
+            "shapes": [list(t.shape) for t in self.targets],
+            "bits": [_pack(m) for m in self.masks],
+            "target_counts": self.target_counts,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore masks in place; names and shapes must match this MaskSet's targets exactly."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            found = state.get("version") if isinstance(state, dict) else type(state).__name__
+            raise SparsityError(f"mask state version {found!r} is not supported (expected {STATE_VERSION})")
+        names, shapes, bits = state["names"], state["shapes"], state["bits"]
+        if list(names) != self.names:
+            diff = next((i for i, (a, b) in enumerate(zip(names, self.names)) if a != b), min(len(names), len(self)))
+            got = names[diff] if diff < len(names) else "<missing>"
+            want = self.names[diff] if diff < len(self) else "<none>"
+            raise SparsityError(f"mask state target {diff} is {got!r} but this model's target {diff} is {want!r}")
+        for name, shape, target, packed in zip(names, shapes, self.targets, bits):
+            if tuple(shape) != target.shape:
+                raise SparsityError(f"mask state shape {tuple(shape)} for {name!r} does not match {target.shape}")
+            if packed.numel() != (target.numel + 7) // 8:
+                raise SparsityError(f"mask state for {name!r} holds {packed.numel()} bytes, expected {(target.numel + 7) // 8}")
+        for mask, shape, packed in zip(self.masks, shapes, bits):
+            mask.copy_(_unpack(packed, shape))
+        self.target_counts = state.get("target_counts")

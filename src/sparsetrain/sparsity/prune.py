@@ -1,0 +1,77 @@
+"""One-shot pruning: ``prune(model, sparsity, method=...)`` zeroes weights in place, returns masks.
+
+Methods (see ``budgets`` for the exact definitions):
+
+- ``"gp"``: global magnitude pruning, one threshold over all targets.
+- ``"gpmt"``: GP with a minimum threshold; ``min_threshold`` is a percentage of all target
+  weights (default 0.05, the reference code's default). Each layer is then pruned by its own
+  magnitude ranking to its budget, as in the reference's final stage.
+- ``"uniform"``: every target at the same sparsity, each by its own magnitude ranking.
+- ``"erk"``: RigL's Erdős–Rényi-Kernel distribution, each layer by magnitude.
+- ``"profile"``: ``sparsity`` is a mapping ``{name regex: sparsity}``.
+
+Exactly the budgeted number of weights is pruned; ties are broken by position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from torch import nn
+
+from . import budgets
+from .errors import SparsityError, check_sparsity
+from .masks import MaskSet
+from .selection import find_threshold, masks_from_threshold, per_tensor_smallest_magnitude_masks
+from .targets import Selector, parameter_count, select_targets
+
+METHODS = ("gp", "gpmt", "uniform", "erk", "profile")
+DEFAULT_MIN_THRESHOLD = 0.05
+"""Percent of all target weights, the GPMT reference code's default."""
+
+
+def prune(
+    model: nn.Module,
+    sparsity: float | Mapping[str, float],
+    method: str = "gp",
+    min_threshold: float | None = None,
+    include: Selector | Iterable[Selector] | None = None,
+    exclude: Selector | Iterable[Selector] | None = None,
+) -> MaskSet:
+    """Prune ``model`` in place to ``sparsity`` (fraction of target weights in [0, 1)).
+
+    Weights already at zero count like any other magnitude, so a sparse model can be pruned further.
+    """
+    if method not in METHODS:
+        raise SparsityError(f"method={method!r} is not one of {', '.join(METHODS)}")
+    if min_threshold is not None and method != "gpmt":
+        raise SparsityError(f"min_threshold={min_threshold!r} only applies to method='gpmt', not {method!r}")
+    if method == "profile":
+        if not isinstance(sparsity, Mapping):
+            raise SparsityError(f"method='profile' needs sparsity as {{regex: sparsity}}, got {sparsity!r}")
+    else:
+        sparsity = check_sparsity(sparsity)
+    targets = select_targets(model, include, exclude)
+    names = [t.name for t in targets]
+    tensors = [t.param.detach() for t in targets]
+    numels = [t.numel for t in targets]
+
+    if method == "gp":
+        threshold = find_threshold(tensors, budgets.count_for(sum(numels), sparsity), names)
+        masks = masks_from_threshold(tensors, threshold)
+        counts = [n - int(m.sum()) for n, m in zip(numels, masks)]
+    else:
+        if method == "gpmt":
+            mt = DEFAULT_MIN_THRESHOLD if min_threshold is None else min_threshold
+            gp = budgets.global_counts(tensors, sparsity, names)
+            counts = budgets.min_threshold_counts(numels, gp, sparsity, mt)
+        elif method == "uniform":
+            counts = budgets.uniform_counts(numels, sparsity)
+        elif method == "erk":
+            counts = budgets.erk_counts([t.shape for t in targets], sparsity)
+        else:
+            counts = budgets.profile_counts(names, numels, sparsity)
+        masks = per_tensor_smallest_magnitude_masks(tensors, counts, names)
+    mask_set = MaskSet(targets, masks, model_numel=parameter_count(model), target_counts=counts)
+    mask_set.apply_()
+    return mask_set
