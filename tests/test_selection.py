@@ -1,0 +1,121 @@
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparsetrain.sparsity import SparsityError, find_threshold, pruned_counts_from_threshold, smallest_magnitude_masks
+from sparsetrain.sparsity import selection
+from conftest import reference_keep_masks
+
+
+def _assert_matches_reference(tensors, k):
+    masks = smallest_magnitude_masks(tensors, k)
+    expected = reference_keep_masks(tensors, k)
+    for got, want in zip(masks, expected):
+        assert got.dtype == torch.bool
+        assert torch.equal(got, want)
+    assert sum(int((~m).sum()) for m in masks) == k
+    threshold = find_threshold(tensors, k)
+    assert pruned_counts_from_threshold(tensors, threshold) == [int((~m).sum()) for m in masks]
+
+
+@st.composite
+def populations(draw):
+    n_tensors = draw(st.integers(1, 4))
+    sizes = [draw(st.integers(1, 300)) for _ in range(n_tensors)]
+    levels = draw(st.sampled_from([3, 17, 1000, 0]))  # 0 means continuous values
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    tensors = []
+    for n in sizes:
+        if levels:
+            tensors.append(torch.randint(-levels, levels + 1, (n,), generator=g).float() / levels)
+        else:
+            tensors.append(torch.randn(n, generator=g))
+    total = sum(sizes)
+    k = draw(st.integers(0, total))
+    return tensors, k
+
+
+@given(populations())
+def test_small_populations_match_stable_sort_reference(case):
+    tensors, k = case
+    _assert_matches_reference(tensors, k)
+
+
+@pytest.fixture
+def tiny_passes(monkeypatch):
+    """Shrink the chunk, sample and gather sizes so every code path runs on small data."""
+    monkeypatch.setattr(selection, "CHUNK", 64)
+    monkeypatch.setattr(selection, "SAMPLE", 32)
+    monkeypatch.setattr(selection, "SMALL", 16)
+    monkeypatch.setattr(selection, "COLLECT_LIMIT", 40)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the patch is constant
+@given(populations())
+def test_bracketing_and_bisection_paths_match_reference(tiny_passes, case):
+    tensors, k = case
+    _assert_matches_reference(tensors, k)
+
+
+def test_massive_ties_at_zero_take_the_single_value_path(tiny_passes):
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(1000, generator=g)
+    a[::2] = 0.0  # 500 exact zeros, far more than COLLECT_LIMIT
+    b = torch.zeros(300)
+    for k in (0, 1, 250, 799, 800, 801, 1300):
+        _assert_matches_reference([a, b], k)
+
+
+def test_default_sizes_on_a_large_population():
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(300_000, generator=g), torch.randn(200, 300, generator=g) * 0.01, torch.randn(5, generator=g)]
+    total = sum(t.numel() for t in tensors)
+    for k in (1, total // 2, round(0.9 * total), total - 1, total):
+        _assert_matches_reference(tensors, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_low_and_high_precision_rank_like_float64(dtype):
+    g = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(70_000, generator=g).to(dtype), torch.randn(40, 50, generator=g).to(dtype)]
+    _assert_matches_reference(tensors, 50_000)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_weights_name_the_tensor(bad):
+    clean, dirty = torch.randn(100), torch.randn(100_000)
+    dirty[12_345] = bad
+    with pytest.raises(SparsityError, match="layer2.weight holds NaN or inf"):
+        find_threshold([clean, dirty], 50, names=["layer1.weight", "layer2.weight"])
+    with pytest.raises(SparsityError, match="'fc' holds NaN or inf|fc holds NaN or inf"):
+        find_threshold([dirty[:10].clone().fill_(bad)], 3, names=["fc"])
+
+
+def test_huge_finite_magnitudes_are_not_mistaken_for_inf():
+    big = torch.full((1000,), 3e38)
+    big[:10] = 1.0
+    masks = smallest_magnitude_masks([big], 10)
+    assert int((~masks[0]).sum()) == 10 and not masks[0][:10].any()
+
+
+@pytest.mark.parametrize("k", [-1, 11, 2.5, True])
+def test_k_outside_population_is_rejected(k):
+    with pytest.raises(SparsityError, match=r"k=.* is outside \[0, 10\]"):
+        find_threshold([torch.randn(10)], k)
+
+
+def test_integer_tensors_are_rejected():
+    with pytest.raises(SparsityError, match="only floating-point"):
+        find_threshold([torch.arange(10)], 3, names=["counts"])
+
+
+def test_masks_are_written_into_out_buffers():
+    t = torch.randn(5000)
+    out = [torch.ones(5000, dtype=torch.bool)]
+    masks = smallest_magnitude_masks([t], 1234, out=out)
+    assert masks[0] is out[0]
+    assert int((~out[0]).sum()) == 1234
