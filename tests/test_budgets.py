@@ -124,6 +124,8 @@ def _rigl_erk_densities(shapes, sparsity):
                 rhs += n * (1 - sparsity)
                 raw[i] = sum(shape) / n
                 divisor += raw[i] * n
+        if not raw:  # every layer dense (sparsity 0)
+            return [1.0] * len(shapes)
         eps = rhs / divisor
         worst = max(raw.values())
         if worst * eps > 1:
