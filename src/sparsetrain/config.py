@@ -1,0 +1,261 @@
+"""Run configuration: YAML validated into typed, frozen pydantic models.
+
+A config names a task (dataset + model), the optimizer and LR schedule, and a list of stages:
+``dense`` and ``finetune`` train for some epochs, ``prune`` is a one-shot mask event. Every stage
+that trains gets a fresh optimizer and LR schedule; a stage may override fields of the top-level
+``optimizer`` and ``lr_schedule``.
+
+``load_config(path, overrides)`` applies ``key=value`` overrides (dotted paths, list indices as
+numbers, values parsed as YAML) before validation. Unknown keys and out-of-range values raise
+``ConfigError`` with a one-line message naming the key, the bad value and the valid range.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message is one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    name: str = "digits"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    name: str = "small_resnet"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskConfig(_Strict):
+    kind: Literal["classification"] = "classification"
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+
+
+class DataConfig(_Strict):
+    batch_size: int = Field(64, ge=1, description="training examples per optimizer step")
+    eval_batch_size: int = Field(512, ge=1)
+    num_workers: int = Field(0, ge=0)
+    drop_last: bool = False
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError("each beta must be in [0, 1)")
+        return value
+
+
+class LRScheduleConfig(_Strict):
+    kind: Literal["constant", "cosine", "linear", "step", "inverse_sqrt"] = "cosine"
+    unit: Literal["epoch", "iteration"] = Field("iteration", description="what one schedule step is")
+    warmup: int = Field(0, ge=0, description="warm-up length in `unit`s")
+    warmup_init_lr: float = Field(0.0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    step_size: int | None = Field(None, ge=1, description="step: decay every step_size units")
+    milestones: tuple[int, ...] = ()
+    gamma: float = Field(0.1, gt=0, le=1)
+
+
+class TrainStage(_Strict):
+    kind: Literal["dense", "finetune"]
+    epochs: int = Field(ge=1)
+    optimizer: dict[str, Any] = Field(default_factory=dict, description="overrides of the top-level optimizer")
+    lr_schedule: dict[str, Any] = Field(default_factory=dict, description="overrides of the top-level lr_schedule")
+
+
+class PruneStage(_Strict):
+    kind: Literal["prune"]
+    method: Literal["gp", "gpmt", "uniform", "erk", "profile"] = "gp"
+    sparsity: Annotated[float, Field(ge=0, lt=1)] | dict[str, Annotated[float, Field(ge=0, lt=1)]]
+    min_threshold: float | None = Field(None, ge=0, le=100, description="GPMT floor, percent of target weights")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PruneStage:
+        if self.method == "profile" and not isinstance(self.sparsity, dict):
+            raise ValueError("method 'profile' needs sparsity as {regex: sparsity}")
+        if self.method != "profile" and isinstance(self.sparsity, dict):
+            raise ValueError(f"method {self.method!r} needs one sparsity in [0, 1), not a mapping")
+        if self.min_threshold is not None and self.method != "gpmt":
+            raise ValueError("min_threshold only applies to method 'gpmt'")
+        return self
+
+
+Stage = Annotated[TrainStage | PruneStage, Field(discriminator="kind")]
+
+
+class TrainingConfig(_Strict):
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    eval_every: int = Field(1, ge=1, description="epochs between evaluations (the last epoch always evaluates)")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the end always saves)")
+    progress: bool = True
+
+
+class TargetsConfig(_Strict):
+    include: list[str] | None = Field(None, description="module types as 'nn.Linear' or parameter-name regexes")
+    exclude: list[str] | None = None
+
+
+class InitConfig(_Strict):
+    checkpoint: str | None = Field(None, description="state dict to start from")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"file {value!r} does not exist")
+        return value
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    seed: int = Field(0, ge=0, lt=2**32)
+    threads: int | None = Field(None, ge=1, description="torch.set_num_threads")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    output_dir: str | None = Field(None, description="default: runs/<name>")
+    task: TaskConfig = TaskConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lr_schedule: LRScheduleConfig = LRScheduleConfig()
+    training: TrainingConfig = TrainingConfig()
+    targets: TargetsConfig = TargetsConfig()
+    init: InitConfig = InitConfig()
+    stages: list[Stage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _stage_overrides_are_valid(self) -> RunConfig:
+        for i, stage in enumerate(self.stages):
+            if isinstance(stage, TrainStage):
+                for section, build in (("optimizer", self.stage_optimizer), ("lr_schedule", self.stage_lr_schedule)):
+                    try:
+                        build(stage)
+                    except ValidationError as err:
+                        raise ValueError(_one_line(err, prefix=f"stages.{i}.{section}")) from None
+        return self
+
+    def stage_optimizer(self, stage: TrainStage) -> OptimizerConfig:
+        return OptimizerConfig(**(self.optimizer.model_dump() | stage.optimizer))
+
+    def stage_lr_schedule(self, stage: TrainStage) -> LRScheduleConfig:
+        return LRScheduleConfig(**(self.lr_schedule.model_dump() | stage.lr_schedule))
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the training trajectory (not where outputs go)."""
+        payload = self.model_dump(mode="json", exclude={"output_dir": True, "training": {"progress"}})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_STAGE_TAGS = {"dense", "finetune", "prune"}
+
+
+def _one_line(error: ValidationError, prefix: str = "") -> str:
+    """The first validation error as ``key=value: message`` (pydantic's union labels removed)."""
+    first = error.errors()[0]
+    parts = [prefix] if prefix else []
+    previous: object = None
+    for part in first["loc"]:
+        text = str(part)
+        if "[" in text or "-" in text or (isinstance(previous, int) and text in _STAGE_TAGS):
+            previous = part
+            continue  # a union branch label, not a key
+        parts.append(text)
+        previous = part
+    key = ".".join(parts)
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {key!r}"
+    if first["type"] == "missing":
+        return f"missing key {key!r}"
+    if not key:
+        return message
+    value = first.get("input")
+    shown = "" if isinstance(value, (dict, list)) and first["type"] != "too_short" else f"={value!r}"
+    return f"{key}{shown}: {message}"
+
+
+def parse_config(raw: dict[str, Any]) -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(raw).__name__}")
+    try:
+        return RunConfig(**raw)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.0.c=value`` to the nested dict/list ``raw`` in place (value parsed as YAML)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {assignment!r} must look like key=value")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override key {where!r}: index must be in [0, {len(node) - 1}]")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"override key {where!r}: {'.'.join(parts[:depth])!r} holds a value, not a section")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}") from None
+    raw = copy.deepcopy(raw)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return parse_config(raw)
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
