@@ -1,9 +1,26 @@
-"""Small built-in datasets (no downloads): see :mod:`sparsetrain.data.digits`."""
+"""Small built-in datasets (no downloads): see :mod:`sparsetrain.data.digits`,
+:mod:`sparsetrain.data.mnist1d` and, to load them by name, :mod:`sparsetrain.data.registry`."""
 
 from sparsetrain.data.digits import (
     ClassificationSplit,
     load_digits_split,
     stratified_split_indices,
 )
+from sparsetrain.data.mnist1d import load_mnist1d_split
+from sparsetrain.data.registry import (
+    DATASETS,
+    dataset_options,
+    load_dataset,
+    register_dataset,
+)
 
-__all__ = ["ClassificationSplit", "load_digits_split", "stratified_split_indices"]
+__all__ = [
+    "ClassificationSplit",
+    "load_digits_split",
+    "stratified_split_indices",
+    "load_mnist1d_split",
+    "DATASETS",
+    "dataset_options",
+    "load_dataset",
+    "register_dataset",
+]

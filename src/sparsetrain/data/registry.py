@@ -1,0 +1,97 @@
+"""Datasets by name, so configs can say ``dataset: mnist1d`` plus keyword options.
+
+A loader is any callable returning a :class:`ClassificationSplit` whose options are
+keyword arguments (a later reader for files on disk would take e.g. ``root``).
+:func:`load_dataset` checks option names against the loader's signature before
+calling it, so a typo in a config fails with a one-line message listing the valid
+options instead of a ``TypeError`` from deep inside the loader.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sparsetrain.data.digits import ClassificationSplit, load_digits_split
+from sparsetrain.data.mnist1d import load_mnist1d_split
+
+DatasetLoader = Callable[..., ClassificationSplit]
+_Loader = TypeVar("_Loader", bound=DatasetLoader)
+
+DATASETS: dict[str, DatasetLoader] = {
+    "digits": load_digits_split,
+    "mnist1d": load_mnist1d_split,
+}
+
+
+def register_dataset(
+    name: str, loader: _Loader | None = None, *, replace: bool = False
+) -> Any:
+    """Add ``loader`` to :data:`DATASETS` under ``name``; returns ``loader``.
+
+    Without ``loader`` it returns a decorator::
+
+        @register_dataset("cifar10")
+        def load_cifar10_split(root: str, seed: int = 0) -> ClassificationSplit: ...
+
+    An existing name raises ``ValueError`` unless ``replace=True``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"dataset name {name!r} is not a non-empty string")
+    if name in DATASETS and not replace:
+        raise ValueError(f"dataset {name!r} is already registered (pass replace=True to override)")
+
+    def add(fn: _Loader) -> _Loader:
+        if not callable(fn):
+            raise ValueError(f"dataset {name!r} loader {fn!r} is not callable")
+        DATASETS[name] = fn
+        return fn
+
+    return add if loader is None else add(loader)
+
+
+def dataset_options(name: str) -> tuple[str, ...]:
+    """The keyword options that dataset ``name`` accepts, in signature order."""
+    return _keyword_options(_lookup(name))[0]
+
+
+def load_dataset(name: str, **options: Any) -> ClassificationSplit:
+    """Call the loader registered as ``name`` with ``options`` (checked by name first)."""
+    loader = _lookup(name)
+    allowed, required, takes_any = _keyword_options(loader)
+    listing = ", ".join(allowed) if allowed else "none"
+    if not takes_any:
+        for option in options:
+            if option not in allowed:
+                raise ValueError(
+                    f"dataset {name!r} has no option {option!r} (options: {listing})"
+                )
+    for option in required:
+        if option not in options:
+            raise ValueError(f"dataset {name!r} needs option {option!r} (options: {listing})")
+    return loader(**options)
+
+
+def _lookup(name: str) -> DatasetLoader:
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"dataset {name!r} is not one of: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def _keyword_options(fn: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """``(names, required names, accepts **kwargs)`` of ``fn``'s keyword-passable parameters."""
+    names: list[str] = []
+    required: list[str] = []
+    takes_any = False
+    for parameter in inspect.signature(fn).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            takes_any = True
+        elif parameter.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        ):
+            names.append(parameter.name)
+            if parameter.default is inspect.Parameter.empty:
+                required.append(parameter.name)
+    return tuple(names), tuple(required), takes_any

@@ -1,0 +1,147 @@
+"""Models by name, so configs can say ``model: small_resnet`` plus keyword options.
+
+A builder is a callable taking keyword arguments ``input_shape`` (one sample's shape,
+without the batch axis, e.g. ``ClassificationSplit.input_shape``) and
+``num_classes``, plus its own options, and returning an ``nn.Module`` whose forward
+maps ``(B, *input_shape)`` to ``(B, num_classes)`` logits. :func:`build_model`
+checks option names against the builder's signature before calling it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from numbers import Integral
+from typing import Any, TypeVar
+
+from torch import nn
+
+from sparsetrain.models.small_resnet import SmallResNet, small_resnet
+
+ModelBuilder = Callable[..., nn.Module]
+_Builder = TypeVar("_Builder", bound=ModelBuilder)
+
+# Supplied by build_model itself, not options from the config.
+_DERIVED_ARGUMENTS = ("input_shape", "num_classes")
+
+
+def channels_and_dim(input_shape: Sequence[int]) -> tuple[int, int]:
+    """``(in_channels, dim)`` of one sample's shape.
+
+    ``(C, L)`` -> ``(C, 1)`` (1-D signals), ``(C, H, W)`` -> ``(C, 2)`` (images).
+    """
+    shape = _check_input_shape(input_shape)
+    return shape[0], len(shape) - 1
+
+
+def build_small_resnet(
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    width: int = 16,
+    blocks_per_stage: Sequence[int] = (1, 1, 1),
+) -> SmallResNet:
+    """:func:`small_resnet` with ``in_channels`` and ``dim`` taken from ``input_shape``."""
+    in_channels, dim = channels_and_dim(input_shape)
+    return small_resnet(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        width=width,
+        blocks_per_stage=blocks_per_stage,
+        dim=dim,
+    )
+
+
+MODELS: dict[str, ModelBuilder] = {
+    "small_resnet": build_small_resnet,
+}
+
+
+def register_model(name: str, builder: _Builder | None = None, *, replace: bool = False) -> Any:
+    """Add ``builder`` to :data:`MODELS` under ``name``; returns ``builder``.
+
+    Without ``builder`` it returns a decorator. The builder must accept
+    ``input_shape`` and ``num_classes`` as keywords. An existing name raises
+    ``ValueError`` unless ``replace=True``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name {name!r} is not a non-empty string")
+    if name in MODELS and not replace:
+        raise ValueError(f"model {name!r} is already registered (pass replace=True to override)")
+
+    def add(fn: _Builder) -> _Builder:
+        if not callable(fn):
+            raise ValueError(f"model {name!r} builder {fn!r} is not callable")
+        names, _, takes_any = _keyword_options(fn)
+        for argument in _DERIVED_ARGUMENTS:
+            if argument not in names and not takes_any:
+                raise ValueError(
+                    f"model {name!r} builder {fn.__name__!r} does not take keyword {argument!r}"
+                )
+        MODELS[name] = fn
+        return fn
+
+    return add if builder is None else add(builder)
+
+
+def model_options(name: str) -> tuple[str, ...]:
+    """The keyword options that model ``name`` accepts (besides input_shape, num_classes)."""
+    names, _, _ = _keyword_options(_lookup(name))
+    return tuple(n for n in names if n not in _DERIVED_ARGUMENTS)
+
+
+def build_model(
+    name: str, *, input_shape: tuple[int, ...], num_classes: int, **options: Any
+) -> nn.Module:
+    """Build model ``name`` for samples shaped ``input_shape`` and ``num_classes`` classes."""
+    builder = _lookup(name)
+    shape = _check_input_shape(input_shape)
+    names, required, takes_any = _keyword_options(builder)
+    allowed = tuple(n for n in names if n not in _DERIVED_ARGUMENTS)
+    listing = ", ".join(allowed) if allowed else "none"
+    for option in options:
+        if option in _DERIVED_ARGUMENTS or (option not in allowed and not takes_any):
+            raise ValueError(f"model {name!r} has no option {option!r} (options: {listing})")
+    for option in required:
+        if option not in _DERIVED_ARGUMENTS and option not in options:
+            raise ValueError(f"model {name!r} needs option {option!r} (options: {listing})")
+    return builder(input_shape=shape, num_classes=num_classes, **options)
+
+
+def _lookup(name: str) -> ModelBuilder:
+    if not isinstance(name, str) or name not in MODELS:
+        raise ValueError(f"model {name!r} is not one of: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    message = (
+        f"input_shape={input_shape!r} is not (C, L) for 1-D signals or (C, H, W) for images"
+        " (positive integers, no batch axis)"
+    )
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+        raise ValueError(message)
+    shape = tuple(input_shape)
+    if len(shape) not in (2, 3) or any(
+        isinstance(n, bool) or not isinstance(n, Integral) or n < 1 for n in shape
+    ):
+        raise ValueError(message)
+    return tuple(int(n) for n in shape)
+
+
+def _keyword_options(fn: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """``(names, required names, accepts **kwargs)`` of ``fn``'s keyword-passable parameters."""
+    names: list[str] = []
+    required: list[str] = []
+    takes_any = False
+    for parameter in inspect.signature(fn).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            takes_any = True
+        elif parameter.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        ):
+            names.append(parameter.name)
+            if parameter.default is inspect.Parameter.empty:
+                required.append(parameter.name)
+    return tuple(names), tuple(required), takes_any
