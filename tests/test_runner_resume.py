@@ -1,0 +1,108 @@
+"""A run killed with SIGKILL after a checkpoint and resumed ends exactly like an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+RUN = """
+import sys
+from sparsetrain.config import load_config
+from sparsetrain.runner.train import run
+run(load_config(sys.argv[1]), resume=sys.argv[2] == "resume", log=lambda line: None)
+"""
+
+
+def _config(tmp_path: Path, name: str) -> Path:
+    config = {
+        "name": name,
+        "output_dir": str(tmp_path / name),
+        "seed": 3,
+        "threads": 1,
+        "task": {"dataset": {"name": "digits"}, "model": {"name": "small_resnet", "options": {"width": 4}}},
+        "data": {"batch_size": 32},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+        "training": {"progress": False, "checkpoint_every": 1},
+        "stages": [
+            {"kind": "dense", "epochs": 2},
+            {"kind": "prune", "method": "gpmt", "sparsity": 0.8, "min_threshold": 1.0},
+            {"kind": "finetune", "epochs": 6, "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.01}},
+        ],
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _launch(config: Path, mode: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", RUN, str(config), mode], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    reference_cfg, killed_cfg = _config(tmp_path, "reference"), _config(tmp_path, "killed")
+    reference = _launch(reference_cfg, "fresh")
+
+    killed = _launch(killed_cfg, "fresh")
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the fine-tuning stage has checkpointed an epoch
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    position = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["position"]
+    assert position["epoch"] < 8
+
+    resumed = _launch(killed_cfg, "resume")
+    assert resumed.wait() == 0, resumed.stderr.read().decode()
+    assert reference.wait() == 0, reference.stderr.read().decode()
+
+    a = torch.load(tmp_path / "reference" / "model_final.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "model_final.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    masks_a = torch.load(tmp_path / "reference" / "checkpoint.pt", weights_only=False)["sparsifier"]["masks"]
+    masks_b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["sparsifier"]["masks"]
+    assert all(torch.equal(x, y) for x, y in zip(masks_a["bits"], masks_b["bits"]))
+    assert _metrics(tmp_path / "reference") == _metrics(tmp_path / "killed")
+    assert (tmp_path / "killed" / "events.jsonl").read_text() == (tmp_path / "reference" / "events.jsonl").read_text()
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
+    from sparsetrain.config import load_config
+    from sparsetrain.runner.checkpoint import CheckpointError
+    from sparsetrain.runner.train import run
+
+    config = load_config(_config(tmp_path, "c"), ["stages.2.epochs=1", "stages.0.epochs=1"])
+    run_dir = tmp_path / "c"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="is corrupt or not a torch file"):
+        run(config, resume=True, log=lambda s: None)
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        run(config, log=lambda s: None)
+    (run_dir / "checkpoint.pt").unlink()
+    run(config, log=lambda s: None)
+    other = load_config(_config(tmp_path, "c"), ["stages.2.epochs=2", "stages.0.epochs=1"])
+    with pytest.raises(CheckpointError, match="was written by config .* but this run's config is"):
+        run(other, resume=True, log=lambda s: None)
+    with pytest.raises(CheckpointError, match="cannot resume: .* does not exist"):
+        run(load_config(_config(tmp_path, "fresh")), resume=True, log=lambda s: None)
