@@ -34,6 +34,14 @@ class DatasetConfig(_Strict):
     name: str = "digits"
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("options")
+    @classmethod
+    def _data_paths_exist(cls, options: dict[str, Any]) -> dict[str, Any]:
+        for key in ("path", "root"):
+            if key in options and not Path(str(options[key])).exists():
+                raise ValueError(f"data {key} {str(options[key])!r} does not exist")
+        return options
+
 
 class ModelConfig(_Strict):
     name: str = "small_resnet"

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from sparsetrain.data.digits import ClassificationSplit, load_digits_split
 from sparsetrain.data.mnist1d import load_mnist1d_split
+from sparsetrain.data.npz import load_npz_split
 
 DatasetLoader = Callable[..., ClassificationSplit]
 _Loader = TypeVar("_Loader", bound=DatasetLoader)
@@ -22,6 +23,7 @@ _Loader = TypeVar("_Loader", bound=DatasetLoader)
 DATASETS: dict[str, DatasetLoader] = {
     "digits": load_digits_split,
     "mnist1d": load_mnist1d_split,
+    "npz": load_npz_split,
 }
 
 
