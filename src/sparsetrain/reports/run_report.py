@@ -1,0 +1,619 @@
+"""Markdown + PNG report for one finished (or stopped) training run directory.
+
+Reads only the files the runner writes; never imports torch or other sparsetrain modules::
+
+    config.yaml         resolved run config (mapping)
+    metrics.jsonl       one evaluation per line (epoch, test_top1 in percent, sparsity as a fraction, ...)
+    events.jsonl        one mask event per line (step, epoch, stage, kind, label, sparsity, csv)
+    sparsity/*.csv      per-layer table at each mask event: layer,shape,numel,kept,sparsity,target
+    summary.json        {"final": record, "best": record, "model_numel", "target_numel", "sparsity", "wall_time_s"}
+
+Everything but ``config.yaml`` may be missing or empty; the report says what is missing.
+Units: sparsity values are fractions in [0, 1], accuracies are percents (0-100), times are seconds,
+``epoch`` is the global number of epochs completed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+
+COLUMNS = (
+    "Model",
+    "Method",
+    "Partition",
+    "Sparsity Ratio",
+    "Sparsity Distribution",
+    "Top-1 Accuracy",
+    "Best Top-1",
+    "Measured Sparsity",
+)
+TRAIN_KINDS = frozenset({"dense", "finetune"})
+STAGE_KIND_LABELS = {"sgap": "S-GaP", "pgap": "P-GaP"}
+PRUNE_METHOD_LABELS = {
+    "gp": "GP",
+    "gpmt": "GPMT",
+    "uniform": "Uniform magnitude",
+    "erk": "ERK magnitude",
+    "profile": "Profile",
+}
+DISTRIBUTION_LABELS = {"gp": "Global", "gpmt": "Global", "uniform": "Uniform", "erk": "ERK", "profile": "Profile"}
+PARTITION_KEYS = ("partitions", "kappa")
+REPORT_NAME = "report.md"
+LAYER_PLOT_NAME = "plot_layer_sparsity.png"
+METRICS_PLOT_NAME = "plot_metrics.png"
+_STAGE_COLORS = {"dense": "tab:blue", "finetune": "tab:green", "prune": "tab:red"}
+
+
+@dataclass
+class RunRecord:
+    """Everything parsed from one run directory.
+
+    ``layers`` holds the rows of the last per-layer sparsity CSV (``numel``/``kept`` as ints,
+    ``sparsity``/``target`` as fractions, ``target`` None when empty); ``missing`` lists one
+    human-readable line per absent, empty or damaged file.
+    """
+
+    run_dir: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    layers_csv: Path | None = None
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The run name from the config, else the directory name."""
+        return str(self.config.get("name") or self.run_dir.name)
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        """The config's stage mappings (empty list if absent)."""
+        return [s for s in self.config.get("stages") or [] if isinstance(s, dict)]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
+    """Parse a run directory; raise a one-line ValueError if it has no readable ``config.yaml``."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ValueError(f"{run_dir}: not a run directory (no config.yaml)")
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{config_path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a YAML mapping, got {type(config).__name__}")
+
+    record = RunRecord(run_dir=run_dir, config=config)
+    record.metrics = _read_jsonl(run_dir / "metrics.jsonl", record.missing, "no evaluations recorded")
+    record.events = _read_jsonl(run_dir / "events.jsonl", record.missing, "no mask events recorded")
+    record.summary = _read_summary(run_dir / "summary.json", record.missing)
+    record.layers_csv = _last_layer_csv(run_dir, record.events)
+    if record.layers_csv is None:
+        record.missing.append("sparsity/*.csv: no per-layer sparsity table")
+    else:
+        record.layers = _read_layer_csv(record.layers_csv)
+    return record
+
+
+def _read_jsonl(path: Path, missing: list[str], what: str) -> list[dict[str, Any]]:
+    """JSON objects of a JSONL file, skipping blank and unparsable lines (noted in ``missing``)."""
+    if not path.is_file():
+        missing.append(f"{path.name}: missing ({what})")
+        return []
+    rows, bad = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+        else:
+            bad += 1
+    if bad:
+        missing.append(f"{path.name}: {bad} unreadable line(s) skipped")
+    if not rows:
+        missing.append(f"{path.name}: empty ({what})")
+    return rows
+
+
+def _read_summary(path: Path, missing: list[str]) -> dict[str, Any] | None:
+    """The summary mapping, or None (noted in ``missing``) if absent or unreadable."""
+    if not path.is_file():
+        missing.append("summary.json: missing (run did not finish)")
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        missing.append("summary.json: unreadable")
+        return None
+    if not isinstance(summary, dict):
+        missing.append("summary.json: not a JSON object")
+        return None
+    return summary
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """Sort key that orders ``step_9.csv`` before ``step_10.csv``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def _last_layer_csv(run_dir: Path, events: list[dict[str, Any]]) -> Path | None:
+    """The CSV of the last event that names an existing one, else the last ``sparsity/*.csv``."""
+    for event in reversed(events):
+        rel = event.get("csv")
+        if rel and (run_dir / rel).is_file():
+            return run_dir / rel
+    found = sorted((run_dir / "sparsity").glob("*.csv"), key=_natural_key)
+    return found[-1] if found else None
+
+
+def _read_layer_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a per-layer CSV with typed values (ints for counts, float fractions, target None if empty)."""
+    rows = []
+    with path.open(newline="") as fh:
+        for raw in csv.DictReader(fh):
+            target = (raw.get("target") or "").strip()
+            rows.append(
+                {
+                    "layer": raw["layer"],
+                    "shape": raw.get("shape", ""),
+                    "numel": int(raw["numel"]),
+                    "kept": int(raw["kept"]),
+                    "sparsity": float(raw["sparsity"]),
+                    "target": float(target) if target else None,
+                }
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------- derived values
+
+
+def final_metrics(record: RunRecord) -> dict[str, Any] | None:
+    """The last evaluation record: ``summary["final"]`` if present, else the last metrics line."""
+    if record.summary and isinstance(record.summary.get("final"), dict):
+        return record.summary["final"]
+    return record.metrics[-1] if record.metrics else None
+
+
+def best_metrics(record: RunRecord) -> dict[str, Any] | None:
+    """The evaluation with the highest test_top1: ``summary["best"]`` if present, else from metrics."""
+    if record.summary and isinstance(record.summary.get("best"), dict):
+        return record.summary["best"]
+    scored = [m for m in record.metrics if isinstance(m.get("test_top1"), (int, float))]
+    return max(scored, key=lambda m: m["test_top1"]) if scored else None
+
+
+def measured_sparsity(record: RunRecord) -> float | None:
+    """Final sparsity over prunable targets (fraction), from summary, metrics, events or the CSV."""
+    if record.summary and isinstance(record.summary.get("sparsity"), (int, float)):
+        return float(record.summary["sparsity"])
+    final = final_metrics(record)
+    if final and isinstance(final.get("sparsity"), (int, float)):
+        return float(final["sparsity"])
+    if record.events and isinstance(record.events[-1].get("sparsity"), (int, float)):
+        return float(record.events[-1]["sparsity"])
+    if record.layers:
+        return layer_totals(record.layers)["sparsity"]
+    return None
+
+
+def wall_time(record: RunRecord) -> tuple[float | None, str]:
+    """Run wall time in seconds and where it came from (summary, or the last evaluation's time_s)."""
+    if record.summary and isinstance(record.summary.get("wall_time_s"), (int, float)):
+        return float(record.summary["wall_time_s"]), "summary.json"
+    if record.metrics and isinstance(record.metrics[-1].get("time_s"), (int, float)):
+        return float(record.metrics[-1]["time_s"]), "the last evaluation's time_s (no summary.json)"
+    return None, "unknown"
+
+
+def layer_totals(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summed ``numel``/``kept`` over layers and the overall sparsity fraction 1 - kept/numel."""
+    numel = sum(row["numel"] for row in layers)
+    kept = sum(row["kept"] for row in layers)
+    return {"numel": numel, "kept": kept, "sparsity": 1.0 - kept / numel if numel else 0.0}
+
+
+def stage_spans(record: RunRecord) -> list[tuple[float, float, str]]:
+    """Planned ``(start_epoch, end_epoch, kind)`` per stage; stages without ``epochs`` have zero width."""
+    spans, start = [], 0.0
+    for stage in record.stages:
+        epochs = stage.get("epochs")
+        end = start + (epochs if isinstance(epochs, (int, float)) else 0)
+        spans.append((start, end, str(stage.get("kind", "?"))))
+        start = end
+    return spans
+
+
+def _sparsifying_stage(record: RunRecord) -> dict[str, Any] | None:
+    """The last stage that changes masks (any kind other than dense/finetune), or None."""
+    stages = [s for s in record.stages if s.get("kind") not in TRAIN_KINDS]
+    return stages[-1] if stages else None
+
+
+def _method_label(stage: dict[str, Any]) -> str:
+    """Table 'Method' for a sparsifying stage: prune method label, S-GaP/P-GaP, or the kind upper-cased."""
+    kind = str(stage.get("kind"))
+    if kind == "prune":
+        method = str(stage.get("method", "gp"))
+        return PRUNE_METHOD_LABELS.get(method, method.upper())
+    return STAGE_KIND_LABELS.get(kind, kind.upper())
+
+
+def _distribution_label(stage: dict[str, Any]) -> str:
+    """Table 'Sparsity Distribution': Global / Global + MT x% / Uniform / ERK / Profile, or '-'."""
+    method = stage.get("method")
+    if method is None:
+        return str(stage.get("distribution", "-"))
+    label = DISTRIBUTION_LABELS.get(str(method), str(method).upper())
+    if method == "gpmt":
+        mt = stage.get("min_threshold")
+        label += f" + MT {mt:g}%" if isinstance(mt, (int, float)) else " + MT"
+    return label
+
+
+def _partition(record: RunRecord) -> str:
+    """Value of the first ``partitions``/``kappa`` key found in a stage, else '-'."""
+    for stage in record.stages:
+        for key in PARTITION_KEYS:
+            if stage.get(key) is not None:
+                return str(stage[key])
+    return "-"
+
+
+def _model_label(config: dict[str, Any]) -> str:
+    """``task.model.name`` plus ``(width N)`` when the model options set a width."""
+    model = (config.get("task") or {}).get("model") or {}
+    name = str(model.get("name", "?"))
+    width = (model.get("options") or {}).get("width")
+    return f"{name} (width {width})" if width is not None else name
+
+
+def _ratio(value: float | None) -> str:
+    """A sparsity fraction as a short number like ``0.9``; 'n/a' for None."""
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _percent(record: dict[str, Any] | None) -> str:
+    """A metrics record's test_top1 (percent) as ``xx.xx%``; 'n/a' if absent."""
+    value = (record or {}).get("test_top1")
+    return f"{value:.2f}%" if isinstance(value, (int, float)) else "n/a"
+
+
+def method_row(record: RunRecord) -> dict[str, str]:
+    """One row of the GaP seeds' results table for this run (keys in ``COLUMNS`` order, all strings).
+
+    ``Sparsity Ratio`` is the target of the last sparsifying stage when it is a single number,
+    else the measured final sparsity; ``Measured Sparsity`` is the measured fraction to 4 decimals.
+    """
+    stage = _sparsifying_stage(record)
+    measured = measured_sparsity(record)
+    if stage is None:
+        method, distribution, target = "Dense", "Dense", measured if measured is not None else 0.0
+    else:
+        method, distribution = _method_label(stage), _distribution_label(stage)
+        sparsity = stage.get("sparsity")
+        target = float(sparsity) if isinstance(sparsity, (int, float)) else measured
+    return {
+        "Model": _model_label(record.config),
+        "Method": method,
+        "Partition": _partition(record),
+        "Sparsity Ratio": _ratio(target),
+        "Sparsity Distribution": distribution,
+        "Top-1 Accuracy": _percent(final_metrics(record)),
+        "Best Top-1": _percent(best_metrics(record)),
+        "Measured Sparsity": "n/a" if measured is None else f"{measured:.4f}",
+    }
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _cell(value: Any) -> str:
+    """A table cell: str(value) with pipes escaped and newlines flattened."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str] | None = None) -> str:
+    """Render rows as a markdown table.
+
+    Columns default to ``COLUMNS`` (those present in any row, in that order) followed by any other
+    keys in first-seen order; a row lacking a column gets an empty cell. Returns '' for no rows.
+    """
+    if not rows:
+        return ""
+    if columns is None:
+        keys = [k for row in rows for k in row]
+        columns = [c for c in COLUMNS if c in keys] + list(dict.fromkeys(k for k in keys if k not in COLUMNS))
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _stage_detail(stage: dict[str, Any]) -> str:
+    """Short description of a stage: epochs for training, method/sparsity for prune, scalars otherwise."""
+    kind = stage.get("kind")
+    if kind in TRAIN_KINDS:
+        return f"{stage.get('epochs', '?')} epochs"
+    if kind == "prune":
+        sparsity = stage.get("sparsity")
+        if isinstance(sparsity, dict):
+            target = ", ".join(f"{k}: {v:g}" for k, v in sparsity.items())
+        else:
+            target = _ratio(sparsity) if isinstance(sparsity, (int, float)) else str(sparsity)
+        text = f"{stage.get('method', 'gp')} sparsity {target}"
+        mt = stage.get("min_threshold")
+        return text + (f", MT {mt:g}%" if isinstance(mt, (int, float)) else "")
+    scalars = {k: v for k, v in stage.items() if k != "kind" and not isinstance(v, (dict, list))}
+    return ", ".join(f"{k}={v}" for k, v in scalars.items()) or "-"
+
+
+def _stages_table(record: RunRecord) -> str:
+    """Markdown table of stages with the last test top-1 seen in each."""
+    last_top1: dict[int, dict[str, Any]] = {}
+    for m in record.metrics:
+        if isinstance(m.get("stage"), int):
+            last_top1[m["stage"]] = m
+    rows = [
+        {"#": i, "Kind": s.get("kind", "?"), "Details": _stage_detail(s), "Last Top-1": _percent(last_top1.get(i))}
+        for i, s in enumerate(record.stages)
+    ]
+    return markdown_table(rows) or "_No stages in config._\n"
+
+
+def _events_list(record: RunRecord) -> str:
+    """Markdown bullet list of mask events with links to their per-layer CSVs."""
+    if not record.events:
+        return "_No mask events._\n"
+    lines = []
+    for e in record.events:
+        sparsity = e.get("sparsity")
+        text = (
+            f"- epoch {e.get('epoch', '?')}, step {e.get('step', '?')} (stage {e.get('stage', '?')}, "
+            f"{e.get('kind', '?')}): {e.get('label', '')}"
+        )
+        if isinstance(sparsity, (int, float)):
+            text += f" → sparsity {sparsity:.4f}"
+        if e.get("csv"):
+            text += f" ([csv]({e['csv']}))"
+        lines.append(text)
+    return "\n".join(lines) + "\n"
+
+
+def _layers_table(record: RunRecord) -> str:
+    """Markdown table of the last per-layer CSV plus a totals row."""
+    if not record.layers:
+        return "_No per-layer sparsity recorded._\n"
+    rows = [
+        {
+            "Layer": r["layer"],
+            "Shape": r["shape"],
+            "Numel": r["numel"],
+            "Kept": r["kept"],
+            "Sparsity": f"{r['sparsity']:.4f}",
+            "Target": "" if r["target"] is None else f"{r['target']:.4f}",
+        }
+        for r in record.layers
+    ]
+    totals = layer_totals(record.layers)
+    rows.append(
+        {
+            "Layer": "**total**",
+            "Numel": totals["numel"],
+            "Kept": totals["kept"],
+            "Sparsity": f"{totals['sparsity']:.4f}",
+        }
+    )
+    source = record.layers_csv.relative_to(record.run_dir).as_posix() if record.layers_csv else "?"
+    return f"From `{source}`.\n\n" + markdown_table(rows, ["Layer", "Shape", "Numel", "Kept", "Sparsity", "Target"])
+
+
+def _format_seconds(seconds: float | None) -> str:
+    """Seconds as ``123.4 s (2m 03s)``; 'unknown' for None."""
+    if seconds is None:
+        return "unknown"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    clock = f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+    return f"{seconds:.1f} s ({clock})"
+
+
+def render_markdown(record: RunRecord) -> str:
+    """The full report.md text for a run (images referenced by relative file name)."""
+    best = best_metrics(record)
+    seconds, source = wall_time(record)
+    parts = [f"# Run report: {record.name}\n"]
+    if record.missing:
+        parts.append("**Missing or incomplete:**\n\n" + "\n".join(f"- {m}" for m in record.missing) + "\n")
+    parts.append("## Result\n\n" + markdown_table([method_row(record)]))
+    if best:
+        where = f"epoch {best.get('epoch', '?')} (stage {best.get('stage', '?')})"
+        parts.append(f"Best test top-1 {_percent(best)} at {where}.\n")
+    if record.summary and "model_numel" in record.summary:
+        parts.append(
+            f"Parameters: {record.summary['model_numel']} in the model, "
+            f"{record.summary.get('target_numel', '?')} prunable targets.\n"
+        )
+    parts.append(f"Wall time: {_format_seconds(seconds)} — from {source}.\n")
+    parts.append("## Stages\n\n" + _stages_table(record))
+    parts.append("## Mask events\n\n" + _events_list(record))
+    parts.append("## Final per-layer sparsity\n\n" + _layers_table(record))
+    parts.append(
+        "## Plots\n\n"
+        f"![test top-1, losses and sparsity vs epoch]({METRICS_PLOT_NAME})\n\n"
+        f"![final per-layer sparsity]({LAYER_PLOT_NAME})\n"
+    )
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _placeholder(ax: Any, text: str) -> None:
+    """Blank axes showing a centred message (used when there is no data to plot)."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12, color="gray")
+
+
+def _mark_stages(ax: Any, spans: list[tuple[float, float, str]], label: bool) -> None:
+    """Shade each training stage, draw a vertical line at each stage start, optionally name the kind.
+
+    Labels of stages starting at the same epoch (e.g. a prune stage and the finetune after it) stack.
+    """
+    stacked: dict[float, int] = {}
+    for i, (start, end, kind) in enumerate(spans):
+        color = _STAGE_COLORS.get(kind, f"C{(i + 3) % 10}")
+        if end > start:
+            ax.axvspan(start, end, color=color, alpha=0.07, lw=0)
+        ax.axvline(start, color=color, ls="--" if end > start else "-", lw=1, alpha=0.8)
+        if label:
+            row = stacked[start] = stacked.get(start, -1) + 1
+            ax.text(
+                start, 1.01 + 0.07 * row, f" {i}:{kind}", transform=ax.get_xaxis_transform(),
+                ha="left", va="bottom", fontsize=8, color=color,
+            )
+
+
+def _sparsity_series(record: RunRecord) -> tuple[list[float], list[float]]:
+    """Sparsity (fraction) vs epoch from evaluations and mask events, in time order.
+
+    An event sorts after the evaluations of earlier stages at the same epoch and before those of its own.
+    """
+    points = [
+        (m["epoch"], m.get("stage", 0), 1, m["sparsity"])
+        for m in record.metrics
+        if m.get("epoch") is not None and m.get("sparsity") is not None
+    ]
+    points += [
+        (e["epoch"], e.get("stage", 0), 0, e["sparsity"])
+        for e in record.events
+        if e.get("epoch") is not None and e.get("sparsity") is not None
+    ]
+    points.sort(key=lambda p: p[:3])
+    return [p[0] for p in points], [p[3] for p in points]
+
+
+def plot_metrics(record: RunRecord) -> Any:
+    """Figure: test top-1 (percent) and sparsity (fraction, right axis) on top; train/test loss below."""
+    fig, (ax_acc, ax_loss) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    fig.suptitle(f"{record.name}: metrics vs epoch")
+    if not record.metrics:
+        _placeholder(ax_acc, "no metrics recorded (metrics.jsonl missing or empty)")
+        ax_loss.set_axis_off()
+        return fig
+    spans = stage_spans(record)
+    epochs = [m.get("epoch") for m in record.metrics]
+
+    def series(key: str) -> tuple[list[Any], list[Any]]:
+        pairs = [(e, m[key]) for e, m in zip(epochs, record.metrics) if e is not None and m.get(key) is not None]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    ax_acc.plot(*series("test_top1"), "o-", ms=3, color="tab:blue", label="test top-1")
+    ax_acc.set_ylabel("test top-1 (%)")
+    ax_sp = ax_acc.twinx()
+    ax_sp.step(*_sparsity_series(record), where="post", color="tab:red", alpha=0.8, label="sparsity")
+    ev = [(e["epoch"], e["sparsity"]) for e in record.events if None not in (e.get("epoch"), e.get("sparsity"))]
+    if ev:
+        ax_sp.plot(*zip(*ev), "v", color="tab:red", ms=7, label="mask event")
+    ax_sp.set_ylabel("sparsity (fraction)", color="tab:red")
+    ax_sp.set_ylim(-0.02, 1.02)
+    handles = ax_acc.get_legend_handles_labels()[0] + ax_sp.get_legend_handles_labels()[0]
+    ax_acc.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.1, 1.0), fontsize=8)
+
+    ax_loss.plot(*series("train_loss"), "o-", ms=3, label="train loss")
+    ax_loss.plot(*series("test_loss"), "s-", ms=3, label="test loss")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_xlabel("epoch (completed)")
+    ax_loss.legend(loc="upper left", bbox_to_anchor=(1.1, 1.0), fontsize=8)
+    _mark_stages(ax_acc, spans, label=True)
+    _mark_stages(ax_loss, spans, label=False)
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_sparsity(record: RunRecord) -> Any:
+    """Figure: horizontal bar per layer of its final sparsity (fraction), target as a black marker."""
+    n = len(record.layers)
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.28 * n + 1.5)))
+    if not n:
+        _placeholder(ax, "no per-layer sparsity recorded (no mask events)")
+        return fig
+    names = [r["layer"] for r in record.layers]
+    ys = range(n)
+    ax.barh(ys, [r["sparsity"] for r in record.layers], color="tab:red", alpha=0.75, label="final sparsity")
+    targets = [(y, r["target"]) for y, r in zip(ys, record.layers) if r["target"] is not None]
+    if targets:
+        ax.plot([t for _, t in targets], [y for y, _ in targets], "|", color="black", ms=14, mew=2, label="target")
+    ax.set_yticks(list(ys), names, fontsize=8)
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("sparsity (fraction of weights pruned)")
+    totals = layer_totals(record.layers)
+    ax.set_title(f"{record.name}: final per-layer sparsity (overall {totals['sparsity']:.4f})")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write bytes to ``path`` via a temp file in the same directory and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """Render a figure to PNG bytes, write them atomically, and close the figure."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    _atomic_write(path, buf.getvalue())
+
+
+def write_report(run_dir: str | os.PathLike[str]) -> Path:
+    """Write ``report.md``, ``plot_metrics.png`` and ``plot_layer_sparsity.png`` into the run dir.
+
+    Returns the path of report.md. Plots with no data show a 'no data' message instead.
+    """
+    record = load_run(run_dir)
+    _save_figure(plot_metrics(record), record.run_dir / METRICS_PLOT_NAME)
+    _save_figure(plot_layer_sparsity(record), record.run_dir / LAYER_PLOT_NAME)
+    report = record.run_dir / REPORT_NAME
+    _atomic_write(report, render_markdown(record).encode("utf-8"))
+    return report
