@@ -1,7 +1,14 @@
-"""The ``sparsetrain`` command line: ``sparsetrain demo`` (more subcommands will follow).
+"""The ``sparsetrain`` command line.
 
-Bad input (any ``ValueError``, which includes ``sparsetrain.SparsityError``) prints one line,
-``error: <message>``, to stderr and exits with status 2, without a traceback.
+    sparsetrain run CONFIG [key=value ...]      train a config (overrides as dotted keys)
+    sparsetrain run --resume RUN_DIR            continue a stopped run exactly
+    sparsetrain plan CONFIG [key=value ...]     print stages, epochs and every mask event, no training
+    sparsetrain eval CHECKPOINT --config CONFIG top-1 and per-layer sparsity of any checkpoint
+    sparsetrain report RUN_DIR                  (re)write report.md and the plots of a run
+    sparsetrain demo [--out DIR]                the embedded-data comparison table
+
+Bad input (any ``ValueError``: config, sparsity, checkpoint and data errors all are) prints one
+line, ``error: <message>``, to stderr and exits with status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -9,26 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 
 
-def _numbers(values: Sequence[str], option: str) -> list[float]:
-    """``["0.8,0.9", "0.95"]`` -> ``[0.8, 0.9, 0.95]``: accept spaces and commas as separators."""
-    numbers = []
-    for text in (item for value in values for item in value.split(",")):
-        if not text.strip():
-            continue
-        try:
-            numbers.append(float(text))
-        except ValueError:
-            raise ValueError(f"{option}: {text!r} is not a number") from None
-    return numbers
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo  # defaults live next to the code that uses them
-
     parser = argparse.ArgumentParser(
         prog="sparsetrain",
         description="Make PyTorch models sparse and keep them accurate (GP, GPMT; GaP in progress).",
@@ -36,65 +29,107 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sparsetrain {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = commands.add_parser(
-        "demo",
-        help="train a small ResNet on digits, prune it with GP and GPMT, fine-tune, compare",
-        description=(
-            "Train a small ResNet on scikit-learn's 8x8 digits (embedded, no download), prune copies "
-            "of it with global magnitude pruning (GP) and GP with a minimum threshold (GPMT), "
-            "fine-tune each with its mask fixed, and print a table in the GaP paper's format plus "
-            "the per-layer sparsities. Takes seconds on a laptop CPU."
-        ),
-    )
-    p.add_argument("--sparsities", nargs="+", default=[str(s) for s in demo.DEFAULT_SPARSITIES], metavar="S",
-                   help="target sparsities in [0, 1), space- or comma-separated "
-                   f"(default: {' '.join(map(str, demo.DEFAULT_SPARSITIES))})")
-    p.add_argument("--min-threshold", default=str(demo.DEFAULT_MIN_THRESHOLD), metavar="PCT",
-                   help="GPMT's minimum threshold MT, in percent of all target weights (default: %(default)s)")
-    p.add_argument("--dense-epochs", default=str(demo.DEFAULT_DENSE_EPOCHS), metavar="N",
-                   help="epochs of dense training (default: %(default)s)")
-    p.add_argument("--finetune-epochs", default=str(demo.DEFAULT_FINETUNE_EPOCHS), metavar="N",
-                   help="epochs of fine-tuning after each pruning (default: %(default)s)")
-    p.add_argument("--width", default=str(demo.DEFAULT_WIDTH), metavar="N",
-                   help="channels of the ResNet's first stage (default: %(default)s)")
-    p.add_argument("--seed", default="0", metavar="N",
-                   help="seeds the weights, the data split and the batch order (default: %(default)s)")
-    p.add_argument("--threads", default="1", metavar="N",
-                   help="torch CPU threads; more gain little on this tiny model and slow down a busy machine "
-                   "(default: %(default)s)")
-    p.add_argument("--out", default="runs/demo", metavar="DIR",
-                   help="directory for results.md, the per-layer CSVs and the GPMT files (default: %(default)s)")
+    p = commands.add_parser("run", help="train one config", description="Train one config, or resume a run.")
+    p.add_argument("config", nargs="?", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. stages.1.sparsity=0.8 seed=1")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+
+    p = commands.add_parser("plan", help="print the schedule of a config without training")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    p = commands.add_parser("eval", help="evaluate a checkpoint: top-1 and per-layer sparsity")
+    p.add_argument("checkpoint", help="run checkpoint, plain state dict, {'state_dict': ...} or module.-prefixed")
+    p.add_argument("--config", required=True, help="the config that defines task, model and targets")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    p = commands.add_parser("report", help="write report.md and plots for a run directory")
+    p.add_argument("run_dir")
+
+    p = commands.add_parser("demo", help="dense vs GP vs GPMT on embedded MNIST-1D, one table",
+                            description="Run every config of configs/demo through the runner and print one "
+                            "table in the GaP paper's format (a few minutes on 2 CPU cores).")
+    p.add_argument("--out", default="runs/demo", help="output directory (default: %(default)s)")
+    p.add_argument("--configs", default=None, help="directory of demo configs (default: the packaged ones)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every demo config")
     return parser
 
 
-def _integer(text: str, option: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{option}: {text!r} is not an integer") from None
+def _run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .reports import write_report
+    from .runner.train import run
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ValueError("--resume RUN_DIR takes no CONFIG or overrides: the run's own config.yaml is used")
+        run_dir = Path(args.resume)
+        config = load_config(run_dir / "config.yaml", [f"output_dir={run_dir}"])
+    elif args.config:
+        config = load_config(args.config, args.overrides)
+    else:
+        raise ValueError("run needs a CONFIG file or --resume RUN_DIR")
+    result = run(config, resume=bool(args.resume))
+    report = write_report(result.run_dir)
+    print(f"final top-1 {result.final['test_top1']:.2f}%, best {result.best['test_top1']:.2f}%, "
+          f"sparsity {result.final['sparsity']:.4f}; report: {report}")
+    return 0
 
 
-def _number(text: str, option: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{option}: {text!r} is not a number") from None
+def _plan(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data.registry import load_dataset
+    from .runner.timeline import build_timeline, format_plan
+    from .runner.train import steps_per_epoch
+
+    config = load_config(args.config, args.overrides)
+    split = load_dataset(config.task.dataset.name, **config.task.dataset.options)
+    steps = steps_per_epoch(len(split.train), config.data.batch_size, config.data.drop_last)
+    print(format_plan(build_timeline(config, steps), config))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .config import load_config
+    from .runner.checkpoint import load_model_weights
+    from .runner.train import parse_selectors, resolve_device
+    from .sparsity import MaskSet, select_targets
+    from .sparsity.targets import parameter_count
+    from .tasks import build_task
+
+    config = load_config(args.config, args.overrides)
+    device = resolve_device(config.device)
+    task = build_task(config.task)
+    model = task.build_model().to(device)
+    load_model_weights(model, args.checkpoint)
+    targets = select_targets(model, parse_selectors(config.targets.include), parse_selectors(config.targets.exclude))
+    masks = MaskSet.from_nonzero(targets, model_numel=parameter_count(model))
+    with torch.no_grad():
+        metrics = task.evaluate(model, DataLoader(task.test_set, batch_size=config.data.eval_batch_size), device)
+    print(masks.format_table())
+    print(f"top-1 {metrics['test_top1']:.2f}%  loss {metrics['test_loss']:.4f}  "
+          f"sparsity {masks.sparsity():.4f} (targets), {masks.sparsity_over_parameters():.4f} (all parameters)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .reports import write_report
+
+    print(write_report(args.run_dir))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(
-        sparsities=_numbers(args.sparsities, "--sparsities"),
-        min_threshold=_number(args.min_threshold, "--min-threshold"),
-        dense_epochs=_integer(args.dense_epochs, "--dense-epochs"),
-        finetune_epochs=_integer(args.finetune_epochs, "--finetune-epochs"),
-        width=_integer(args.width, "--width"),
-        seed=_integer(args.seed, "--seed"),
-        threads=_integer(args.threads, "--threads"),
-        out_dir=args.out,
-    )
+    run_demo(out_dir=args.out, config_dir=args.configs, overrides=args.overrides)
     return 0
+
+
+COMMANDS = {"run": _run, "plan": _plan, "eval": _eval, "report": _report, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return _demo(args)
+        return COMMANDS[args.command](args)
     except ValueError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)

@@ -33,8 +33,9 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from ..config import LRScheduleConfig, OptimizerConfig, RunConfig, dump_config
+from ..interop import gpmt_files
 from ..methods import apply_event
-from ..sparsity import MaskSet, Sparsifier, select_targets
+from ..sparsity import MaskSet, Sparsifier, global_counts, select_targets
 from ..sparsity.targets import parameter_count
 from ..tasks import build_task
 from .checkpoint import (
@@ -136,6 +137,25 @@ def write_layer_csv(path: Path, masks: MaskSet) -> None:
         for row in masks.table():
             target = "" if row.target is None else f"{row.target:.6f}"
             writer.writerow([row.name, "x".join(map(str, row.shape)), row.numel, row.kept, f"{row.sparsity:.6f}", target])
+
+
+def write_gpmt_reference_files(
+    directory: Path, masks: MaskSet, gp_counts: list[int], accuracy_before: float | None, accuracy_after: float
+) -> None:
+    """The GPMT reference code's outputs for one GPMT prune, for side-by-side comparisons.
+
+    ``prune_log.csv`` holds the plain GP counts of its stage 1 (the GP-pruned model is not
+    evaluated, so its Post Accuracy is left empty); ``prune_refined_log.csv`` the final counts and
+    the accuracy right after pruning; accuracies in percent.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    numels = [t.numel for t in masks.targets]
+    counts = [n - k for n, k in zip(numels, masks.kept_counts())]
+    gpmt_files.write_prune_log(directory / "prune_log.csv", numels, gp_counts, None, accuracy_before)
+    gpmt_files.write_layer_sparsities(directory / "layer_sparsities.csv", [c / n for c, n in zip(counts, numels)])
+    gpmt_files.write_prune_log(directory / "prune_refined_log.csv", numels, counts, accuracy_after, accuracy_before)
+    gpmt_files.write_weight_mask_npy(directory / "weight_mask.npy", masks.masks)
+    gpmt_files.save_mask_list(directory / "mask_list.pt", masks.masks)
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -245,6 +265,11 @@ class _Run:
     # -- stages --
     def apply_mask_events(self, span: StageSpan) -> None:
         for event in self.timeline.schedule.events_at(span.start_step):
+            before = self.history[-1]["test_top1"] if self.history else None
+            gp_counts = None
+            if event.method == "gpmt":  # the reference code's stage 1 log holds plain GP counts
+                targets = select_targets(self.model, self.include, self.exclude)
+                gp_counts = global_counts([t.param.detach() for t in targets], event.sparsity, [t.name for t in targets])
             masks = apply_event(event, self.model, self.include, self.exclude)
             self.sparsifier = Sparsifier(self.model, masks)
             self.events_applied += 1
@@ -255,6 +280,8 @@ class _Run:
             self.events.append(entry)
             _append_jsonl(self.dir / "events.jsonl", entry)
             after = self.record(span.kind, 0, 0.0, None)
+            if gp_counts is not None:
+                write_gpmt_reference_files(self.dir / "gpmt_reference", masks, gp_counts, before, after["test_top1"])
             self.log(f"stage {span.index} {event.label}: sparsity {masks.sparsity():.4f}, "
                      f"top-1 right after {after['test_top1']:.2f}%")
 

@@ -75,6 +75,11 @@ class MaskSet:
         self.model_numel = model_numel
         self.target_counts = list(target_counts) if target_counts is not None else None
 
+    @classmethod
+    def from_nonzero(cls, targets: Sequence[Target], *, model_numel: int | None = None) -> MaskSet:
+        """Masks that keep exactly the non-zero weights (e.g. of a checkpoint saved with zeros)."""
+        return cls(targets, [t.param.detach() != 0 for t in targets], model_numel=model_numel)
+
     # ---- views -------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.targets)
