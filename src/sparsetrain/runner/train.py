@@ -189,6 +189,13 @@ class _Run:
         self.exclude = parse_selectors(config.targets.exclude)
         self.timeline: Timeline = build_timeline(
             config, steps_per_epoch(len(self.task.train_set), config.data.batch_size, config.data.drop_last))
+        for span in self.timeline.stages:  # a schedule that does not fit its stage fails before training
+            if span.lr_schedule is not None:
+                try:
+                    build_lr_schedule(span.lr_schedule, span.optimizer.lr, span)
+                except ValueError as exc:
+                    raise ValueError(f"stages.{span.index}.lr_schedule: {exc} ({span.epochs} epochs of "
+                                     f"{self.timeline.steps_per_epoch} steps)") from None
         self.eval_loader = DataLoader(self.task.test_set, batch_size=config.data.eval_batch_size)
         self.sparsifier: Sparsifier | None = None
         self.optimizer: torch.optim.Optimizer | None = None
