@@ -40,7 +40,7 @@ def test_run_plan_eval_report(tmp_path, tiny_config, capsys):
     assert main(["plan", str(tiny_config), "data.batch_size=100"]) == 0
     plan = capsys.readouterr().out
     assert "2 epochs, 26 optimizer steps (13 per epoch, batch 100)" in plan
-    assert re.search(r"step +13 \(epoch 1\): prune gpmt 0.75 \(MT 2.0%\) -> sparsity 0.75", plan)
+    assert re.search(r"step +13 \(epoch +1\): prune +gpmt 0.75 \(MT 2.0%\) -> sparsity 0.7500", plan)
 
     assert main(["run", str(tiny_config), f"output_dir={run_dir}", "data.batch_size=100"]) == 0
     out = capsys.readouterr().out

@@ -8,7 +8,8 @@ import yaml
 
 from sparsetrain.config import load_config
 from sparsetrain.runner.lr_schedules import LRSchedule
-from sparsetrain.runner.train import build_lr_schedule, build_optimizer, run
+from sparsetrain.runner.components import build_lr_schedule, build_optimizer
+from sparsetrain.runner.train import run
 from sparsetrain.runner.timeline import build_timeline
 
 BASE = {
@@ -57,11 +58,12 @@ def test_lr_follows_the_schedule_per_iteration_and_per_epoch(tmp_path):
     with pytest.raises(ValueError, match=r"stages.0.lr_schedule: lr.warmup=2 must be < lr.total=1 \(1 epochs of 5 steps\)"):
         _run(tmp_path, ["lr_schedule.kind=cosine", "lr_schedule.warmup=2", "lr_schedule.unit=epoch"])
     timeline = build_timeline(config, 6)  # 400 * 0.8 = 320 examples / 64 = 5 steps per epoch; 6 to check scaling
-    finetune = timeline.stages[2]
-    schedule = build_lr_schedule(config.stage_lr_schedule(config.stages[2]), 0.1, finetune)
+    (segment,) = timeline.stages[2].segments
+    assert (segment.start_epoch, segment.epochs) == (1, 2)
+    schedule = build_lr_schedule(config.stage_lr_schedule(config.stages[2]), 0.1, segment.epochs, 6)
     assert schedule == LRSchedule("cosine", 0.1, 12, 2)
     per_epoch = config.stage_lr_schedule(config.stages[2]).model_copy(update={"unit": "epoch", "warmup": 1})
-    assert build_lr_schedule(per_epoch, 0.1, finetune).total == 2
+    assert build_lr_schedule(per_epoch, 0.1, segment.epochs, 6).total == 2
 
 
 def test_last_recorded_lr_is_the_schedule_value(tmp_path):

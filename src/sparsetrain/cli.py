@@ -78,14 +78,18 @@ def _run(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .data.registry import load_dataset
-    from .runner.timeline import build_timeline, format_plan
-    from .runner.train import steps_per_epoch
+    from .runner.components import parse_selectors
+    from .runner.timeline import format_plan
+    from .runner.train import resolve_timeline
+    from .sparsity import select_targets
+    from .tasks import build_task
 
     config = load_config(args.config, args.overrides)
-    split = load_dataset(config.task.dataset.name, **config.task.dataset.options)
-    steps = steps_per_epoch(len(split.train), config.data.batch_size, config.data.drop_last)
-    print(format_plan(build_timeline(config, steps), config))
+    task = build_task(config.task)
+    targets = select_targets(task.build_model(), parse_selectors(config.targets.include),
+                             parse_selectors(config.targets.exclude))
+    timeline = resolve_timeline(config, targets, len(task.train_set))
+    print(format_plan(timeline, config, [t.shape for t in targets]))
     return 0
 
 
@@ -95,7 +99,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .runner.checkpoint import load_model_weights
-    from .runner.train import parse_selectors, resolve_device
+    from .runner.components import parse_selectors, resolve_device
     from .sparsity import MaskSet, select_targets
     from .sparsity.targets import parameter_count
     from .tasks import build_task

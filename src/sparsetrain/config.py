@@ -113,7 +113,43 @@ class PruneStage(_Strict):
         return self
 
 
-Stage = Annotated[TrainStage | PruneStage, Field(discriminator="kind")]
+class PartitionConfig(_Strict):
+    scheme: str | list[str] = Field(
+        "blocks", description="layers | balanced | blocks | stages | a preset (resnet_stages, resnet50_blocks, "
+        "transformer_2/3/6) | a list of name regexes, one per partition")
+    kappa: int | None = Field(None, ge=1, description="number of partitions (implied by presets and regex lists)")
+
+
+class GaPStage(_Strict):
+    """Scheduled grow-and-prune. ``sgap`` grows one partition at a time (cyclic or seeded random order);
+    ``pgap`` grows every partition at once on kappa workers and merges them after each round."""
+
+    kind: Literal["sgap", "pgap"]
+    sparsity: float = Field(ge=0, lt=1)
+    partitions: PartitionConfig = PartitionConfig()
+    epochs_per_step: int = Field(ge=1, description="T: epochs each grown partition trains")
+    rounds: int = Field(1, ge=1, description="R: S-GaP grows every partition R times after the first step; "
+                        "P-GaP runs R parallel rounds")
+    finetune_epochs: int = Field(ge=1, description="F: epochs with all masks fixed at the end")
+    grow_order: Literal["cyclic", "random"] = "cyclic"
+    distribution: Literal["uniform", "non-uniform", "erk"] = Field(
+        "uniform", description="uniform: every tensor at sparsity; non-uniform: global magnitude within the "
+        "partition being pruned; erk: per-tensor ERK budgets")
+    reset_optimizer: bool = Field(True, description="fresh optimizer and LR warm-up at every GaP step (reference)")
+    init: Literal["random", "magnitude"] = Field(
+        "random", description="random: seeded random masks (reference); magnitude: prune the current weights")
+    mask_seed: int | None = Field(None, ge=0, description="seed of the initial random masks (default: run seed)")
+    optimizer: dict[str, Any] = Field(default_factory=dict)
+    lr_schedule: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GaPStage:
+        if self.kind == "pgap" and self.grow_order != "cyclic":
+            raise ValueError("grow_order only applies to sgap: every P-GaP worker grows its own partition")
+        return self
+
+
+Stage = Annotated[TrainStage | PruneStage | GaPStage, Field(discriminator="kind")]
 
 
 class TrainingConfig(_Strict):
@@ -159,7 +195,7 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _stage_overrides_are_valid(self) -> RunConfig:
         for i, stage in enumerate(self.stages):
-            if isinstance(stage, TrainStage):
+            if isinstance(stage, (TrainStage, GaPStage)):
                 for section, build in (("optimizer", self.stage_optimizer), ("lr_schedule", self.stage_lr_schedule)):
                     try:
                         build(stage)
@@ -167,10 +203,10 @@ class RunConfig(_Strict):
                         raise ValueError(_one_line(err, prefix=f"stages.{i}.{section}")) from None
         return self
 
-    def stage_optimizer(self, stage: TrainStage) -> OptimizerConfig:
+    def stage_optimizer(self, stage: TrainStage | GaPStage) -> OptimizerConfig:
         return OptimizerConfig(**(self.optimizer.model_dump() | stage.optimizer))
 
-    def stage_lr_schedule(self, stage: TrainStage) -> LRScheduleConfig:
+    def stage_lr_schedule(self, stage: TrainStage | GaPStage) -> LRScheduleConfig:
         return LRScheduleConfig(**(self.lr_schedule.model_dump() | stage.lr_schedule))
 
     def run_dir(self) -> Path:
@@ -182,7 +218,7 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_STAGE_TAGS = {"dense", "finetune", "prune"}
+_STAGE_TAGS = {"dense", "finetune", "prune", "sgap", "pgap"}
 
 
 def _one_line(error: ValidationError, prefix: str = "") -> str:

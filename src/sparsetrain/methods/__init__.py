@@ -4,6 +4,18 @@ A method never keeps hidden counters: ``events_at(step)`` is a pure function of 
 ``sparsetrain plan`` can print every event before training and resume is "restore the step".
 """
 
-from .events import MaskEvent, one_shot_prune, Schedule, apply_event
+from .events import MaskEvent, Schedule, one_shot_prune
+from .gap import GaPLayout, apply_gap_event, gap_events, gap_layout, sgap_grow_sequence
+from .oneshot import apply_prune_event
 
-__all__ = ["MaskEvent", "Schedule", "apply_event", "one_shot_prune"]
+__all__ = [
+    "GaPLayout",
+    "MaskEvent",
+    "Schedule",
+    "apply_gap_event",
+    "apply_prune_event",
+    "gap_events",
+    "gap_layout",
+    "one_shot_prune",
+    "sgap_grow_sequence",
+]

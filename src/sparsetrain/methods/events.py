@@ -3,29 +3,39 @@
 A ``MaskEvent`` happens before the optimizer step numbered ``step`` (0-based global step count),
 so an event at step 0 acts on the initial model. Events change masks only through the sparsity
 engine; they know nothing of data, files or training loops.
+
+Kinds:
+- ``prune``: one-shot pruning of every target to a budget (``method``: gp, gpmt, uniform, erk, profile).
+- ``gap_init``: the start of a GaP stage: every partition but ``grow`` gets masks at ``sparsity``
+  (seeded random masks, or magnitude pruning when ``init == "magnitude"``); ``grow`` stays dense.
+- ``gap_step``: prune the partitions in ``prune`` back to ``sparsity`` by magnitude, grow ``grow``.
+- ``gap_final``: prune the last grown partition; from here on every mask is fixed.
+- ``pgap_round`` / ``pgap_merge``: P-GaP bookkeeping; the runner trains the workers and merges
+  their partitions, then the merge prunes every partition back to ``sparsity``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-
-from torch import nn
-
-from ..sparsity import MaskSet, prune
-from ..sparsity.targets import Selector
 
 
 @dataclass(frozen=True)
 class MaskEvent:
-    """One change of masks. ``sparsity`` is the target fraction after it (or a {regex: s} profile)."""
+    """One change of masks. ``sparsity`` is the target fraction (or a {regex: s} profile for ``prune``)."""
 
     step: int
     kind: str
-    method: str
     sparsity: float | Mapping[str, float]
+    method: str = "gp"
     min_threshold: float | None = None
+    grow: int | None = None
+    prune: tuple[int, ...] = ()
+    distribution: str = "uniform"
+    init: str = "random"
+    seed: int = 0
     resets_optimizer: bool = False
+    stage: int = 0
     label: str = field(default="", compare=False)
 
 
@@ -38,28 +48,15 @@ class Schedule:
     def events(self) -> list[MaskEvent]:
         return list(self._events)
 
-    def events_at(self, step: int) -> list[MaskEvent]:
-        return [e for e in self._events if e.step == step]
+    def events_at(self, step: int, stage: int | None = None) -> list[MaskEvent]:
+        return [e for e in self._events if e.step == step and (stage is None or e.stage == stage)]
 
 
 def one_shot_prune(
-    step: int, method: str, sparsity: float | Mapping[str, float], min_threshold: float | None = None
+    step: int, method: str, sparsity: float | Mapping[str, float], min_threshold: float | None = None, stage: int = 0
 ) -> MaskEvent:
     """GP, GPMT, uniform, ERK or profile pruning applied once at ``step``."""
     detail = f"{method} {sparsity}" if not isinstance(sparsity, Mapping) else f"{method} profile"
     if min_threshold is not None:
         detail += f" (MT {min_threshold}%)"
-    return MaskEvent(step, "prune", method, sparsity, min_threshold, label=detail)
-
-
-def apply_event(
-    event: MaskEvent,
-    model: nn.Module,
-    include: Selector | Sequence[Selector] | None = None,
-    exclude: Selector | Sequence[Selector] | None = None,
-) -> MaskSet:
-    """Carry out ``event`` on ``model`` in place and return the masks now in force."""
-    if event.kind != "prune":
-        raise ValueError(f"event kind {event.kind!r} is not one of: prune")
-    return prune(model, event.sparsity, method=event.method, min_threshold=event.min_threshold,
-                 include=include, exclude=exclude)
+    return MaskEvent(step, "prune", sparsity, method, min_threshold, stage=stage, label=detail)

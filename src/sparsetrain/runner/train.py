@@ -1,41 +1,42 @@
 """One training run from a validated config, readable top to bottom.
 
-``run(config)`` lays the run out as a timeline (stages and mask events), then walks it: each
-training stage builds a fresh optimizer and LR schedule and trains epoch by epoch; a ``prune``
-stage applies its mask event and from then on ``Sparsifier.step(optimizer)`` keeps the masks fixed.
+``run(config)`` lays the run out as a timeline (stages, optimizer segments, mask events), then
+walks it. Mask events are applied in schedule order, exactly once each (``events_applied`` counts
+them and is checkpointed), at the start of the epoch whose first step they are due at. Between
+events, ``Sparsifier.step(optimizer)`` keeps the masks fixed after every optimizer step. A new
+segment (a new training stage, or a GaP step with ``reset_optimizer``) gets a fresh optimizer
+and restarts its LR schedule, warm-up included.
+
+P-GaP trains kappa worker copies per round: one after another in this process, or one per rank
+under torchrun (``WORLD_SIZE`` = kappa). Both give the same merged model: each worker's RNG and
+data order are seeded by (seed, stage, round, worker).
 
 Outputs in the run directory: ``config.yaml``, ``metrics.jsonl`` (one line per evaluation),
-``events.jsonl`` and ``sparsity/*.csv`` (one per mask event), ``checkpoint.pt`` (atomic, every
-``training.checkpoint_every`` epochs and at stage ends), ``model_final.pt`` / ``model_best.pt``
-(plain state dicts with zeros), ``summary.json`` and the report.
+``events.jsonl`` and ``sparsity/*.csv`` (one per mask event), ``checkpoint.pt`` (atomic),
+``model_final.pt`` / ``model_best.pt`` (plain state dicts with zeros), ``summary.json``.
 
-Exact resume: the data order of epoch ``e`` comes from a generator seeded by (seed, e), the LR is
-a pure function of the position in the stage, and the checkpoint holds model, optimizer,
-sparsifier, grad scaler and every RNG state, so ``run(config, resume=True)`` after a kill ends
-with the same weights as an uninterrupted run (same machine, same thread count).
+Exact resume: the LR is a pure function of the position in the segment, data order depends only
+on (seed, epoch, stream), and the checkpoint holds model, optimizer, masks, grad scaler, P-GaP
+round state and every RNG state, so ``run(config, resume=True)`` after a kill ends with the same
+weights as an uninterrupted run (same machine, same thread count).
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
-from ..config import LRScheduleConfig, OptimizerConfig, RunConfig, dump_config
-from ..interop import gpmt_files
-from ..methods import apply_event
+from ..config import GaPStage, RunConfig, dump_config
+from ..methods import MaskEvent, apply_gap_event, apply_prune_event
 from ..sparsity import MaskSet, Sparsifier, global_counts, select_targets
+from ..sparsity.partitions import ownership, partition_targets
 from ..sparsity.targets import parameter_count
 from ..tasks import build_task
 from .checkpoint import (
@@ -47,131 +48,36 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .lr_schedules import LRSchedule, set_lr
-from .timeline import StageSpan, Timeline, build_timeline
+from .components import (
+    autocast_context,
+    build_lr_schedule,
+    build_optimizer,
+    derived_seed,
+    epoch_loader,
+    parse_selectors,
+    resolve_device,
+    seed_everything,
+    steps_per_epoch,
+)
+from .distributed import DistContext, broadcast_merge_, check_same_on_all_ranks, init_from_environment
+from .lr_schedules import set_lr
+from .outputs import append_jsonl, rewrite_jsonl, write_gpmt_reference_files, write_layer_csv
+from .timeline import Segment, StageSpan, Timeline, build_timeline
 
 CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: Any
     model: nn.Module
     masks: MaskSet | None
     final: dict[str, Any]
     best: dict[str, Any]
 
 
-# ---- building blocks ---------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but no CUDA device is available; use device=cpu or device=auto")
-    return torch.device(name)
-
-
-def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
-    if config.name == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay)
-    optimizer = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
-    return optimizer(params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
-
-
-def build_lr_schedule(config: LRScheduleConfig, base_lr: float, span: StageSpan) -> LRSchedule:
-    total = span.steps if config.unit == "iteration" else span.epochs
-    return LRSchedule(config.kind, base_lr, total, config.warmup, config.warmup_init_lr, config.min_lr,
-                      config.step_size, config.milestones, config.gamma)
-
-
-def parse_selectors(patterns: list[str] | None) -> list[Any] | None:
-    """Config selectors: ``nn.Linear`` style names become module types, anything else is a regex."""
-    if patterns is None:
-        return None
-    selectors: list[Any] = []
-    for pattern in patterns:
-        if pattern.startswith("nn."):
-            module_type = getattr(nn, pattern[3:], None)
-            if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-                raise ValueError(f"targets selector {pattern!r} is not a torch.nn module type")
-            selectors.append(module_type)
-        else:
-            selectors.append(pattern)
-    return selectors
-
-
-def autocast_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if amp == "off":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("training.amp='fp16' needs a CUDA device; use 'bf16' on CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_loader(dataset, batch_size: int, seed: int, epoch: int, config) -> DataLoader:
-    """The training batches of global epoch ``epoch``: their order depends only on (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=generator),
-                      num_workers=config.num_workers, drop_last=config.drop_last)
-
-
-def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:
-    return num_examples // batch_size if drop_last else -(-num_examples // batch_size)
-
-
-def write_layer_csv(path: Path, masks: MaskSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["layer", "shape", "numel", "kept", "sparsity", "target"])
-        for row in masks.table():
-            target = "" if row.target is None else f"{row.target:.6f}"
-            writer.writerow([row.name, "x".join(map(str, row.shape)), row.numel, row.kept, f"{row.sparsity:.6f}", target])
-
-
-def write_gpmt_reference_files(
-    directory: Path, masks: MaskSet, gp_counts: list[int], accuracy_before: float | None, accuracy_after: float
-) -> None:
-    """The GPMT reference code's outputs for one GPMT prune, for side-by-side comparisons.
-
-    ``prune_log.csv`` holds the plain GP counts of its stage 1 (the GP-pruned model is not
-    evaluated, so its Post Accuracy is left empty); ``prune_refined_log.csv`` the final counts and
-    the accuracy right after pruning; accuracies in percent.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    numels = [t.numel for t in masks.targets]
-    counts = [n - k for n, k in zip(numels, masks.kept_counts())]
-    gpmt_files.write_prune_log(directory / "prune_log.csv", numels, gp_counts, None, accuracy_before)
-    gpmt_files.write_layer_sparsities(directory / "layer_sparsities.csv", [c / n for c, n in zip(counts, numels)])
-    gpmt_files.write_prune_log(directory / "prune_refined_log.csv", numels, counts, accuracy_after, accuracy_before)
-    gpmt_files.write_weight_mask_npy(directory / "weight_mask.npy", masks.masks)
-    gpmt_files.save_mask_list(directory / "mask_list.pt", masks.masks)
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-# ---- the run -----------------------------------------------------------------------------------
-
-
 class _Run:
-    """Mutable state of one run; ``position`` is (stage index, global epoch) of the next work."""
+    """Mutable state of one run; (stage_index, epoch, step, events_applied) is the position."""
 
     def __init__(self, config: RunConfig, log: Callable[[str], None]) -> None:
         self.config = config
@@ -187,31 +93,33 @@ class _Run:
             load_model_weights(self.model, config.init.checkpoint)
         self.include = parse_selectors(config.targets.include)
         self.exclude = parse_selectors(config.targets.exclude)
-        self.timeline: Timeline = build_timeline(
-            config, steps_per_epoch(len(self.task.train_set), config.data.batch_size, config.data.drop_last))
-        for span in self.timeline.stages:  # a schedule that does not fit its stage fails before training
-            if span.lr_schedule is not None:
-                try:
-                    build_lr_schedule(span.lr_schedule, span.optimizer.lr, span)
-                except ValueError as exc:
-                    raise ValueError(f"stages.{span.index}.lr_schedule: {exc} ({span.epochs} epochs of "
-                                     f"{self.timeline.steps_per_epoch} steps)") from None
+        self.targets = select_targets(self.model, self.include, self.exclude)
+        self.model_numel = parameter_count(self.model)
+        self.timeline = resolve_timeline(config, self.targets, len(self.task.train_set))
+        self.dist: DistContext | None = None
         self.eval_loader = DataLoader(self.task.test_set, batch_size=config.data.eval_batch_size)
         self.sparsifier: Sparsifier | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.pending_optimizer_state: dict | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.training.amp == "fp16")
         self.stage_index, self.epoch, self.step, self.events_applied = 0, 0, 0, 0
+        self.pgap: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
         self.started = time.perf_counter()
-        self.model_numel = parameter_count(self.model)
 
-    # -- persistence --
+    @property
+    def is_main(self) -> bool:
+        return self.dist is None or self.dist.is_main
+
+    # ---- persistence ---------------------------------------------------------------------------
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
     def save(self) -> None:
+        if not self.is_main:
+            return
         save_checkpoint(self.dir / CHECKPOINT, {
             "fingerprint": self.config.fingerprint(),
             "model": self.model.state_dict(),
@@ -220,6 +128,7 @@ class _Run:
             "sparsifier": self.sparsifier.state_dict() if self.sparsifier else None,
             "position": {"stage": self.stage_index, "epoch": self.epoch, "step": self.step,
                          "events_applied": self.events_applied},
+            "pgap": self.pgap,
             "history": self.history, "events": self.events, "elapsed": self.elapsed(), "rng": rng_state(),
         })
 
@@ -230,21 +139,23 @@ class _Run:
         self.stage_index, self.epoch, self.step = position["stage"], position["epoch"], position["step"]
         self.events_applied = position["events_applied"]
         if state["sparsifier"] is not None:
-            masks = MaskSet(select_targets(self.model, self.include, self.exclude), model_numel=self.model_numel)
-            self.sparsifier = Sparsifier(self.model, masks)
-            self.sparsifier.load_state_dict(state["sparsifier"])
-        span = self.timeline.stages[self.stage_index] if self.stage_index < len(self.timeline.stages) else None
-        if state["optimizer"] is not None and span is not None and span.optimizer and self.epoch > span.start_epoch:
-            self.optimizer = build_optimizer(self.model, span.optimizer)
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.masks().load_state_dict(state["sparsifier"]["masks"])
+        self.pending_optimizer_state = state["optimizer"]
         self.scaler.load_state_dict(state["scaler"])
+        self.pgap = state["pgap"]
         self.history, self.events, self.elapsed_before = state["history"], state["events"], state["elapsed"]
-        _rewrite_jsonl(self.dir / "metrics.jsonl", self.history)
-        _rewrite_jsonl(self.dir / "events.jsonl", self.events)
+        rewrite_jsonl(self.dir / "metrics.jsonl", self.history)
+        rewrite_jsonl(self.dir / "events.jsonl", self.events)
         restore_rng_state(state["rng"])
         self.log(f"resumed {self.dir} at stage {self.stage_index}, epoch {self.epoch}, step {self.step}")
 
-    # -- measurements --
+    # ---- measurements --------------------------------------------------------------------------
+    def masks(self) -> MaskSet:
+        """The masks in force, created dense on first use."""
+        if self.sparsifier is None:
+            self.sparsifier = Sparsifier(self.model, MaskSet(self.targets, model_numel=self.model_numel))
+        return self.sparsifier.masks
+
     def sparsity(self) -> tuple[float, float]:
         if self.sparsifier is None:
             return 0.0, 0.0
@@ -258,7 +169,7 @@ class _Run:
                  "sparsity_all": sparsity_all, "events_applied": self.events_applied,
                  "time_s": round(self.elapsed(), 3)}
         self.history.append(entry)
-        _append_jsonl(self.dir / "metrics.jsonl", entry)
+        append_jsonl(self.dir / "metrics.jsonl", entry)
         if entry is self.best_record():
             atomic_torch_save(self.model.state_dict(), self.dir / "model_best.pt")
         return entry
@@ -269,85 +180,184 @@ class _Run:
         candidates = [h for h in self.history if h["events_applied"] == total_events]
         return max(candidates, key=lambda h: h["test_top1"]) if candidates else None
 
-    # -- stages --
-    def apply_mask_events(self, span: StageSpan) -> None:
-        for event in self.timeline.schedule.events_at(span.start_step):
-            before = self.history[-1]["test_top1"] if self.history else None
-            gp_counts = None
-            if event.method == "gpmt":  # the reference code's stage 1 log holds plain GP counts
-                targets = select_targets(self.model, self.include, self.exclude)
-                gp_counts = global_counts([t.param.detach() for t in targets], event.sparsity, [t.name for t in targets])
-            masks = apply_event(event, self.model, self.include, self.exclude)
-            self.sparsifier = Sparsifier(self.model, masks)
-            self.events_applied += 1
-            csv_name = f"sparsity/step{self.step:08d}_{event.kind}.csv"
-            write_layer_csv(self.dir / csv_name, masks)
-            entry = {"step": self.step, "epoch": self.epoch, "stage": span.index, "kind": event.kind,
-                     "label": event.label, "sparsity": masks.sparsity(), "csv": csv_name}
-            self.events.append(entry)
-            _append_jsonl(self.dir / "events.jsonl", entry)
-            after = self.record(span.kind, 0, 0.0, None)
-            if gp_counts is not None:
-                write_gpmt_reference_files(self.dir / "gpmt_reference", masks, gp_counts, before, after["test_top1"])
-            self.log(f"stage {span.index} {event.label}: sparsity {masks.sparsity():.4f}, "
-                     f"top-1 right after {after['test_top1']:.2f}%")
+    # ---- mask events ---------------------------------------------------------------------------
+    def apply_due_events(self, span: StageSpan) -> None:
+        """Apply, in order, every not yet applied event of this stage that is due at ``self.step``."""
+        schedule = self.timeline.schedule.events()
+        while self.events_applied < len(schedule):
+            event = schedule[self.events_applied]
+            if event.stage != span.index or event.step != self.step:
+                break
+            self.apply_event(span, event)
 
-    def train_stage(self, span: StageSpan) -> None:
-        assert span.optimizer is not None and span.lr_schedule is not None
-        if self.optimizer is None or self.epoch == span.start_epoch:
+    def apply_event(self, span: StageSpan, event: MaskEvent) -> None:
+        before = self.history[-1]["test_top1"] if self.history else None
+        gp_counts = None
+        if event.kind == "prune":
+            if event.method == "gpmt":  # the reference code's stage 1 log holds plain GP counts
+                gp_counts = global_counts([t.param.detach() for t in self.targets], event.sparsity,
+                                          [t.name for t in self.targets])
+            self.sparsifier = Sparsifier(self.model, apply_prune_event(event, self.model, self.include, self.exclude))
+        else:
+            apply_gap_event(event, self.masks(), [p.target_indices for p in span.partitions])
+        masks = self.masks()
+        if self.optimizer is not None and not event.resets_optimizer:
+            masks.mask_optimizer_state_(self.optimizer)
+        self.events_applied += 1
+        if not self.is_main:
+            return
+        csv_name = f"sparsity/step{self.step:08d}_{self.events_applied:03d}_{event.kind}.csv"
+        write_layer_csv(self.dir / csv_name, masks)
+        entry = {"step": self.step, "epoch": self.epoch, "stage": span.index, "kind": event.kind,
+                 "label": event.label, "sparsity": masks.sparsity(), "csv": csv_name}
+        self.events.append(entry)
+        append_jsonl(self.dir / "events.jsonl", entry)
+        if event.kind == "pgap_round":
+            self.log(f"stage {span.index} {event.label}")
+            return
+        after = self.record(span.kind, self.epoch - span.start_epoch, 0.0, None)
+        if gp_counts is not None:
+            write_gpmt_reference_files(self.dir / "gpmt_reference", masks, gp_counts, before, after["test_top1"])
+        self.log(f"stage {span.index} {event.kind} {event.label}: sparsity {masks.sparsity():.4f}, "
+                 f"top-1 right after {after['test_top1']:.2f}%")
+
+    # ---- training ------------------------------------------------------------------------------
+    def prepare_optimizer(self, span: StageSpan, segment: Segment, epoch: int) -> None:
+        """A fresh optimizer at a segment's first epoch; otherwise keep it (or restore it after resume)."""
+        if epoch == segment.start_epoch or self.optimizer is None:
+            assert span.optimizer is not None
             self.optimizer = build_optimizer(self.model, span.optimizer)
-        schedule = build_lr_schedule(span.lr_schedule, span.optimizer.lr, span)
+            if self.pending_optimizer_state is not None and epoch != segment.start_epoch:
+                self.optimizer.load_state_dict(self.pending_optimizer_state)
+        self.pending_optimizer_state = None
+
+    def train_epoch(self, span: StageSpan, segment: Segment, epoch: int, stream: int = 0) -> tuple[float, float]:
+        """One epoch of optimizer steps; returns (mean training loss, last LR)."""
+        assert span.lr_schedule is not None and span.optimizer is not None and self.optimizer is not None
+        schedule = build_lr_schedule(span.lr_schedule, span.optimizer.lr, segment.epochs, self.timeline.steps_per_epoch)
         per_iteration = span.lr_schedule.unit == "iteration"
+        segment_start_step = segment.start_epoch * self.timeline.steps_per_epoch
         training = self.config.training
         autocast = autocast_context(training.amp, self.device)
+        loader = epoch_loader(self.task.train_set, self.config.data, self.config.seed, epoch, stream)
+        batches = _progress(loader, f"stage {span.index} {span.kind} epoch {epoch - span.start_epoch + 1}/{span.epochs}",
+                            training.progress and self.is_main)
+        self.model.train()
+        loss_sum, seen, lr = 0.0, 0, 0.0
+        for inputs, labels in batches:
+            lr = schedule.lr_at(self.step - segment_start_step if per_iteration else epoch - segment.start_epoch)
+            set_lr(self.optimizer, lr)
+            inputs, labels = inputs.to(self.device), labels.to(self.device)
+            with autocast:
+                loss = self.task.loss(self.model(inputs), labels, training.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if training.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.sparsifier is not None:
+                self.sparsifier.step(self.optimizer)
+            self.step += 1
+            loss_value = float(loss.detach())
+            loss_sum += loss_value * labels.numel()
+            seen += labels.numel()
+            if hasattr(batches, "set_postfix"):
+                batches.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", sparsity=f"{self.sparsity()[0]:.3f}")
+        return loss_sum / max(seen, 1), lr
+
+    def train_stage(self, span: StageSpan) -> None:
+        """dense, finetune and sgap stages (and the fine-tuning tail of pgap)."""
+        training = self.config.training
         for epoch in range(self.epoch, span.end_epoch):
-            stage_epoch = epoch - span.start_epoch
-            loader = epoch_loader(self.task.train_set, self.config.data.batch_size, self.config.seed, epoch,
-                                  self.config.data)
-            bar = _progress(loader, f"stage {span.index} {span.kind} epoch {stage_epoch + 1}/{span.epochs}",
-                            training.progress)
-            self.model.train()
-            loss_sum, seen, lr = 0.0, 0, 0.0
-            for inputs, labels in bar:
-                position = self.step - span.start_step if per_iteration else stage_epoch
-                lr = schedule.lr_at(position)
-                set_lr(self.optimizer, lr)
-                inputs, labels = inputs.to(self.device), labels.to(self.device)
-                with autocast:
-                    loss = self.task.loss(self.model(inputs), labels, training.label_smoothing)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if training.grad_clip is not None:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if self.sparsifier is not None:
-                    self.sparsifier.step(self.optimizer)
-                self.step += 1
-                loss_value = float(loss.detach())
-                loss_sum += loss_value * labels.numel()
-                seen += labels.numel()
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", sparsity=f"{self.sparsity()[0]:.3f}")
+            self.apply_due_events(span)
+            segment = span.segment_at(epoch)
+            self.prepare_optimizer(span, segment, epoch)
+            loss, lr = self.train_epoch(span, segment, epoch)
             self.epoch = epoch + 1
+            stage_epoch = self.epoch - span.start_epoch
             last = self.epoch == span.end_epoch
-            if last or (stage_epoch + 1) % training.eval_every == 0:
-                entry = self.record(span.kind, stage_epoch + 1, lr, loss_sum / max(seen, 1))
-                self.log(f"stage {span.index} {span.kind} epoch {stage_epoch + 1}/{span.epochs}: "
-                         f"train loss {entry['train_loss']:.4f}, test top-1 {entry['test_top1']:.2f}%, "
-                         f"sparsity {entry['sparsity']:.4f}")
+            if self.is_main and (last or stage_epoch % training.eval_every == 0):
+                entry = self.record(span.kind, stage_epoch, lr, loss)
+                self.log(f"stage {span.index} {span.kind} epoch {stage_epoch}/{span.epochs}: train loss {loss:.4f}, "
+                         f"test top-1 {entry['test_top1']:.2f}%, sparsity {entry['sparsity']:.4f}")
             if last:
                 self.stage_index += 1
-            if last or (stage_epoch + 1) % training.checkpoint_every == 0:
+            if last or stage_epoch % training.checkpoint_every == 0:
                 self.save()
 
-    def run(self) -> RunResult:
+    def train_pgap_stage(self, span: StageSpan) -> None:
+        """P-GaP rounds: every worker grows its partition on a copy of the merged model, then merge."""
+        layout = span.gap
+        assert layout is not None
+        per_round = layout.epochs_per_step
+        owners = ownership(list(self.model.state_dict()), span.partitions)
+        owners = {key: 0 if owner is None else owner for key, owner in owners.items()}
+        if self.dist is not None and self.dist.world_size != layout.kappa:
+            raise ValueError(f"P-GaP with kappa={layout.kappa} needs {layout.kappa} processes, got "
+                             f"WORLD_SIZE={self.dist.world_size}")
+        workers = [self.dist.rank] if self.dist is not None else list(range(layout.kappa))
+        first_round = (self.epoch - span.start_epoch) // per_round
+        for round_index in range(first_round, layout.rounds):
+            round_start = span.start_epoch + round_index * per_round
+            segment = Segment(round_start, per_round)
+            self.apply_due_events(span)
+            if self.pgap is None:
+                self.pgap = {"round": round_index, "worker": workers[0], "merged": _clone(self.model.state_dict()),
+                             "masks": self.masks().state_dict(), "contributions": {}}
+            for worker in workers:
+                if worker < self.pgap["worker"]:
+                    continue
+                if self.epoch == round_start:  # a worker starts from the merged model with its partition grown
+                    self.model.load_state_dict(self.pgap["merged"])
+                    self.masks().load_state_dict(self.pgap["masks"])
+                    self.masks().grow_(span.partitions[worker].target_indices)
+                    seed_everything(derived_seed(self.config.seed, span.index, round_index, worker))
+                for epoch in range(self.epoch, round_start + per_round):
+                    self.prepare_optimizer(span, segment, epoch)
+                    loss, _ = self.train_epoch(span, segment, epoch, stream=1 + worker)
+                    self.epoch = epoch + 1
+                    self.log(f"stage {span.index} round {round_index + 1} worker {worker} (grows P{worker + 1}) "
+                             f"epoch {self.epoch - round_start}/{per_round}: train loss {loss:.4f}")
+                    if self.dist is None and self.epoch < round_start + per_round:
+                        self.save()
+                state = self.model.state_dict()
+                self.pgap["contributions"][worker] = _clone({k: v for k, v in state.items() if owners[k] == worker})
+                self.pgap["worker"] = worker + 1
+                self.epoch, self.step = round_start, round_start * self.timeline.steps_per_epoch
+                if self.dist is None:
+                    self.save()
+            merged = dict(self.pgap["merged"])
+            for contribution in self.pgap["contributions"].values():
+                merged.update(contribution)
+            self.model.load_state_dict(merged)
+            if self.dist is not None:
+                sent = broadcast_merge_(self.model.state_dict(), owners, self.dist.rank)
+                self.log(f"stage {span.index} round {round_index + 1} merge: rank {self.dist.rank} sent "
+                         f"{sent / 2**20:.2f} MiB (its partition{' and the orphans' if self.dist.rank == 0 else ''})")
+            self.masks().load_state_dict(self.pgap["masks"])
+            self.pgap = None
+            self.epoch = round_start + per_round
+            self.step = self.epoch * self.timeline.steps_per_epoch
+            self.apply_due_events(span)  # the merge: prune every partition back to the target
+            if self.dist is not None:
+                check_same_on_all_ranks(self.masks().checksum(), "mask checksum after the P-GaP merge", self.device)
+            self.save()
+        if self.dist is not None and not self.dist.is_main:
+            return  # rank 0 alone fine-tunes the merged model
+        self.train_stage(span)
+
+    def run(self) -> RunResult | None:
         for span in self.timeline.stages[self.stage_index:]:
             if span.kind == "prune":
-                self.apply_mask_events(span)
+                self.apply_due_events(span)
                 self.stage_index += 1
                 self.save()
+            elif span.kind == "pgap":
+                self.train_pgap_stage(span)
+                if not self.is_main:
+                    return None
             else:
                 self.train_stage(span)
         return self.finish()
@@ -366,6 +376,28 @@ class _Run:
         return RunResult(self.dir, self.model, masks, final, best)
 
 
+def resolve_timeline(config: RunConfig, targets, num_train_examples: int) -> Timeline:
+    """The run's timeline with GaP partitions resolved against the model's targets; LR schedules checked."""
+    partitions = {
+        i: partition_targets(targets, stage.partitions.scheme, stage.partitions.kappa)
+        for i, stage in enumerate(config.stages) if isinstance(stage, GaPStage)
+    }
+    spe = steps_per_epoch(num_train_examples, config.data.batch_size, config.data.drop_last)
+    timeline = build_timeline(config, spe, partitions)
+    for span in timeline.stages:  # a schedule that does not fit its segment fails before training
+        for segment in span.segments:
+            try:
+                build_lr_schedule(span.lr_schedule, span.optimizer.lr, segment.epochs, spe)
+            except ValueError as exc:
+                raise ValueError(f"stages.{span.index}.lr_schedule: {exc} ({segment.epochs} epochs of "
+                                 f"{spe} steps)") from None
+    return timeline
+
+
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
 def _progress(loader: DataLoader, description: str, enabled: bool):
     if not enabled:
         return loader
@@ -374,15 +406,22 @@ def _progress(loader: DataLoader, description: str, enabled: bool):
     return tqdm(loader, desc=description, leave=False, dynamic_ncols=True)
 
 
-def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = print) -> RunResult:
-    """Train ``config`` in ``config.run_dir()``; with ``resume``, continue from its checkpoint."""
+def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = print) -> RunResult | None:
+    """Train ``config`` in ``config.run_dir()``; with ``resume``, continue from its checkpoint.
+
+    Under torchrun (WORLD_SIZE > 1) only P-GaP stages use the extra processes; rank 0 writes every
+    file and returns the result, other ranks return None after the last merge.
+    """
     state = _Run(config, log)
+    state.dist = init_from_environment(state.device)
+    if not state.is_main:
+        state.log = lambda line: None
     state.dir.mkdir(parents=True, exist_ok=True)
     if resume:
         if not (state.dir / CHECKPOINT).is_file():
             raise CheckpointError(f"cannot resume: {str(state.dir / CHECKPOINT)!r} does not exist")
         state.restore()
-    else:
+    elif state.is_main:
         if (state.dir / CHECKPOINT).exists():
             raise CheckpointError(f"run directory {str(state.dir)!r} already holds a run; resume it or choose another")
         (state.dir / "config.yaml").write_text(dump_config(config))

@@ -16,7 +16,9 @@ from .budgets import (
 )
 from .errors import SparsityError
 from .masks import LayerSparsity, MaskSet
+from .partitions import PRESETS, SCHEMES, Partition, format_partitions, ownership, partition_owner, partition_targets
 from .prune import METHODS, prune
+from .random_masks import random_masks
 from .selection import (
     Threshold,
     find_threshold,
@@ -31,6 +33,9 @@ from .targets import DEFAULT_TARGET_TYPES, Target, select_targets
 __all__ = [
     "DEFAULT_TARGET_TYPES",
     "METHODS",
+    "PRESETS",
+    "SCHEMES",
+    "Partition",
     "LayerSparsity",
     "MaskSet",
     "Sparsifier",
@@ -40,6 +45,11 @@ __all__ = [
     "count_for",
     "erk_counts",
     "find_threshold",
+    "format_partitions",
+    "ownership",
+    "partition_owner",
+    "partition_targets",
+    "random_masks",
     "global_counts",
     "masks_from_threshold",
     "max_min_threshold_sparsity",

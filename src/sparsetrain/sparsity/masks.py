@@ -112,6 +112,18 @@ class MaskSet:
             raise SparsityError("this MaskSet was built without model_numel; sparsity over all parameters is unknown")
         return self.pruned_count() / self.model_numel
 
+    # ---- changes ----------------------------------------------------------------------------
+    def set_(self, index: int, mask: torch.Tensor) -> None:
+        """Replace the mask of target ``index`` in place (bool, same shape)."""
+        if mask.shape != self.masks[index].shape or mask.dtype != torch.bool:
+            raise SparsityError(f"new mask for {self.targets[index].name!r} must be bool of shape {self.targets[index].shape}")
+        self.masks[index].copy_(mask)
+
+    def grow_(self, indices: Sequence[int]) -> None:
+        """Unmask targets ``indices`` entirely. Pruned weights stay exactly zero until trained."""
+        for i in indices:
+            self.masks[i].fill_(True)
+
     # ---- enforcement -------------------------------------------------------------------------
     @torch.no_grad()
     def apply_(self) -> None:

@@ -1,0 +1,92 @@
+"""Small builders the training loop uses: device, optimizer, LR schedule, selectors, data order.
+
+The data order of an epoch depends only on (seed, epoch, stream), never on how the run got
+there, which is what makes resume and P-GaP's single-process simulation exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from ..config import DataConfig, LRScheduleConfig, OptimizerConfig
+from .lr_schedules import LRSchedule
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                               weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
+    return optimizer(params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+
+
+def build_lr_schedule(config: LRScheduleConfig, base_lr: float, epochs: int, steps_per_epoch: int) -> LRSchedule:
+    """The schedule of one optimizer segment of ``epochs`` epochs (in iterations or epochs per ``config.unit``)."""
+    total = epochs * steps_per_epoch if config.unit == "iteration" else epochs
+    return LRSchedule(config.kind, base_lr, total, config.warmup, config.warmup_init_lr, config.min_lr,
+                      config.step_size, config.milestones, config.gamma)
+
+
+def parse_selectors(patterns: list[str] | None) -> list[Any] | None:
+    """Config selectors: ``nn.Linear`` style names become module types, anything else is a regex."""
+    if patterns is None:
+        return None
+    selectors: list[Any] = []
+    for pattern in patterns:
+        if pattern.startswith("nn."):
+            module_type = getattr(nn, pattern[3:], None)
+            if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+                raise ValueError(f"targets selector {pattern!r} is not a torch.nn module type")
+            selectors.append(module_type)
+        else:
+            selectors.append(pattern)
+    return selectors
+
+
+def autocast_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if amp == "off":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("training.amp='fp16' needs a CUDA device; use 'bf16' on CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derived_seed(*parts: int) -> int:
+    """A seed in [0, 2**32) that depends on every part (e.g. run seed, stage, round, worker)."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + part + 1) % 2**32
+    return value
+
+
+def epoch_loader(dataset: Dataset, config: DataConfig, seed: int, epoch: int, stream: int = 0) -> DataLoader:
+    """The training batches of global epoch ``epoch``; their order depends only on (seed, epoch, stream)."""
+    generator = torch.Generator().manual_seed(derived_seed(seed, epoch, stream))
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=RandomSampler(dataset, generator=generator),
+                      num_workers=config.num_workers, drop_last=config.drop_last)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:
+    return num_examples // batch_size if drop_last else -(-num_examples // batch_size)
