@@ -70,6 +70,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         raise ValueError("run needs a CONFIG file or --resume RUN_DIR")
     result = run(config, resume=bool(args.resume))
+    if result is None:  # a non-zero rank of a multi-process run: rank 0 writes the results
+        return 0
     report = write_report(result.run_dir)
     print(f"final top-1 {result.final['test_top1']:.2f}%, best {result.best['test_top1']:.2f}%, "
           f"sparsity {result.final['sparsity']:.4f}; report: {report}")

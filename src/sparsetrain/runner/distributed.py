@@ -57,3 +57,8 @@ def check_same_on_all_ranks(value: int, what: str, device: torch.device) -> None
     values = [int(v) for v in everyone]
     if len(set(values)) != 1:
         raise RuntimeError(f"{what} differs across ranks: {values}")
+
+
+def shutdown_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

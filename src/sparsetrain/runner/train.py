@@ -59,7 +59,13 @@ from .components import (
     seed_everything,
     steps_per_epoch,
 )
-from .distributed import DistContext, broadcast_merge_, check_same_on_all_ranks, init_from_environment
+from .distributed import (
+    DistContext,
+    broadcast_merge_,
+    check_same_on_all_ranks,
+    init_from_environment,
+    shutdown_process_group,
+)
 from .lr_schedules import set_lr
 from .outputs import append_jsonl, rewrite_jsonl, write_gpmt_reference_files, write_layer_csv
 from .timeline import Segment, StageSpan, Timeline, build_timeline
@@ -427,4 +433,8 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
         (state.dir / "config.yaml").write_text(dump_config(config))
         for name in ("metrics.jsonl", "events.jsonl"):
             (state.dir / name).write_text("")
-    return state.run()
+    try:
+        return state.run()
+    finally:
+        if state.dist is not None:
+            shutdown_process_group()
