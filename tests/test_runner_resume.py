@@ -20,7 +20,18 @@ run(load_config(sys.argv[1]), resume=sys.argv[2] == "resume", log=lambda line: N
 """
 
 
-def _config(tmp_path: Path, name: str) -> Path:
+GPMT_STAGES = [
+    {"kind": "dense", "epochs": 2},
+    {"kind": "prune", "method": "gpmt", "sparsity": 0.8, "min_threshold": 1.0},
+    {"kind": "finetune", "epochs": 6, "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.01}},
+]
+SGAP_STAGES = [{"kind": "sgap", "sparsity": 0.8, "partitions": {"scheme": "layers", "kappa": 2}, "epochs_per_step": 3,
+                "rounds": 1, "finetune_epochs": 2, "distribution": "non-uniform"}]
+PGAP_STAGES = [{"kind": "pgap", "sparsity": 0.8, "partitions": {"scheme": "blocks", "kappa": 2}, "epochs_per_step": 3,
+                "rounds": 2, "finetune_epochs": 1}]
+
+
+def _config(tmp_path: Path, name: str, stages=GPMT_STAGES) -> Path:
     config = {
         "name": name,
         "output_dir": str(tmp_path / name),
@@ -30,11 +41,7 @@ def _config(tmp_path: Path, name: str) -> Path:
         "data": {"batch_size": 32},
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
         "training": {"progress": False, "checkpoint_every": 1},
-        "stages": [
-            {"kind": "dense", "epochs": 2},
-            {"kind": "prune", "method": "gpmt", "sparsity": 0.8, "min_threshold": 1.0},
-            {"kind": "finetune", "epochs": 6, "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.01}},
-        ],
+        "stages": stages,
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -52,23 +59,44 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines]
 
 
+def _position(run_dir: Path) -> dict | None:
+    try:
+        state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    except Exception:  # not written yet (the rename is atomic, so never half a file)
+        return None
+    return {**state["position"], "pgap": state["pgap"]}
+
+
+def _mid_finetune(p):  # the fine-tuning stage has checkpointed an epoch but not finished
+    return p["stage"] == 2 and 3 <= p["epoch"] < 8
+
+
+def _mid_gap_step(p):  # inside the second S-GaP step (epochs 3-5), after its first epoch
+    return p["epoch"] == 4
+
+
+def _mid_pgap_worker(p):  # round 2, worker 1 has trained one of its three epochs
+    return p["pgap"] is not None and p["pgap"]["round"] == 1 and p["pgap"]["worker"] == 1 and p["epoch"] == 4
+
+
 @pytest.mark.slow
-def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    reference_cfg, killed_cfg = _config(tmp_path, "reference"), _config(tmp_path, "killed")
+@pytest.mark.parametrize("stages, kill_when", [(GPMT_STAGES, _mid_finetune), (SGAP_STAGES, _mid_gap_step),
+                                               (PGAP_STAGES, _mid_pgap_worker)], ids=["gpmt", "sgap", "pgap"])
+def test_resume_after_sigkill_is_bit_identical(tmp_path, stages, kill_when):
+    reference_cfg, killed_cfg = _config(tmp_path, "reference", stages), _config(tmp_path, "killed", stages)
     reference = _launch(reference_cfg, "fresh")
 
     killed = _launch(killed_cfg, "fresh")
-    metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until the fine-tuning stage has checkpointed an epoch
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+    position = None
+    while time.time() < deadline and killed.poll() is None:
+        position = _position(tmp_path / "killed")
+        if position is not None and kill_when(position):
+            killed.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.01)
-    killed.send_signal(signal.SIGKILL)
+        time.sleep(0.005)
     killed.wait()
-    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    position = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["position"]
-    assert position["epoch"] < 8
+    assert killed.returncode == -signal.SIGKILL, f"the run was not killed where intended (last position {position})"
 
     resumed = _launch(killed_cfg, "resume")
     assert resumed.wait() == 0, resumed.stderr.read().decode()
