@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from sparsetrain.models.resnet import ResNet, resnet18, resnet34, resnet50
 from sparsetrain.models.small_resnet import SmallResNet, small_resnet
 
 ModelBuilder = Callable[..., nn.Module]
@@ -52,8 +53,68 @@ def build_small_resnet(
     )
 
 
+def _image_channels(model: str, input_shape: Sequence[int]) -> int:
+    in_channels, dim = channels_and_dim(input_shape)
+    if dim != 2:
+        raise ValueError(
+            f"model {model!r} needs images, input_shape (C, H, W); got {tuple(input_shape)!r}"
+        )
+    return in_channels
+
+
+def build_resnet18(
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    zero_init_residual: bool = False,
+    small_input: bool = False,
+) -> ResNet:
+    """torchvision-layout :func:`~sparsetrain.models.resnet.resnet18`; ``in_channels`` from ``input_shape``."""
+    return resnet18(
+        num_classes=num_classes,
+        zero_init_residual=zero_init_residual,
+        small_input=small_input,
+        in_channels=_image_channels("resnet18", input_shape),
+    )
+
+
+def build_resnet34(
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    zero_init_residual: bool = False,
+    small_input: bool = False,
+) -> ResNet:
+    """torchvision-layout :func:`~sparsetrain.models.resnet.resnet34`; ``in_channels`` from ``input_shape``."""
+    return resnet34(
+        num_classes=num_classes,
+        zero_init_residual=zero_init_residual,
+        small_input=small_input,
+        in_channels=_image_channels("resnet34", input_shape),
+    )
+
+
+def build_resnet50(
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    zero_init_residual: bool = False,
+    small_input: bool = False,
+) -> ResNet:
+    """torchvision-layout :func:`~sparsetrain.models.resnet.resnet50`; ``in_channels`` from ``input_shape``."""
+    return resnet50(
+        num_classes=num_classes,
+        zero_init_residual=zero_init_residual,
+        small_input=small_input,
+        in_channels=_image_channels("resnet50", input_shape),
+    )
+
+
 MODELS: dict[str, ModelBuilder] = {
     "small_resnet": build_small_resnet,
+    "resnet18": build_resnet18,
+    "resnet34": build_resnet34,
+    "resnet50": build_resnet50,
 }
 
 
