@@ -128,6 +128,19 @@ def test_later_stage_kinds_are_generic(tmp_path):
     assert method_row(load_run(run))["Method"] == "WEIRD"
 
 
+@pytest.mark.parametrize("partitions, shown", [({"scheme": "layers", "kappa": 4}, "4"),
+                                               ({"scheme": ["^a", "^b", "^c"], "kappa": None}, "3"),
+                                               ({"scheme": "resnet_stages", "kappa": None}, "resnet_stages")])
+def test_gap_config_partitions_and_distribution(tmp_path, partitions, shown):
+    run = tmp_path / "sgap"
+    run.mkdir()
+    stage = {"kind": "sgap", "sparsity": 0.9, "partitions": partitions, "distribution": "non-uniform",
+             "epochs_per_step": 1, "finetune_epochs": 1}
+    (run / "config.yaml").write_text(yaml.safe_dump(_config("sgap", [stage])))
+    row = method_row(load_run(run))
+    assert (row["Method"], row["Partition"], row["Sparsity Distribution"]) == ("S-GaP", shown, "Non-uniform")
+
+
 def test_markdown_table(tmp_path):
     rows = [method_row(load_run(make_dense_run(tmp_path))), method_row(load_run(make_gpmt_run(tmp_path)))]
     text = markdown_table(rows)

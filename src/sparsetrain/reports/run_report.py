@@ -267,7 +267,8 @@ def _distribution_label(stage: dict[str, Any]) -> str:
     """Table 'Sparsity Distribution': Global / Global + MT x% / Uniform / ERK / Profile, or '-'."""
     method = stage.get("method")
     if method is None:
-        return str(stage.get("distribution", "-"))
+        distribution = stage.get("distribution")
+        return str(distribution).capitalize() if distribution else "-"
     label = DISTRIBUTION_LABELS.get(str(method), str(method).upper())
     if method == "gpmt":
         mt = stage.get("min_threshold")
@@ -276,11 +277,22 @@ def _distribution_label(stage: dict[str, Any]) -> str:
 
 
 def _partition(record: RunRecord) -> str:
-    """Value of the first ``partitions``/``kappa`` key found in a stage, else '-'."""
+    """The number of partitions kappa of the first stage that has partitions, else '-'.
+
+    A GaP stage's ``partitions`` is ``{scheme, kappa}``: kappa when given, else the length of a
+    regex list, else the scheme name (a preset or ``stages``, resolved against the model).
+    """
     for stage in record.stages:
         for key in PARTITION_KEYS:
-            if stage.get(key) is not None:
-                return str(stage[key])
+            value = stage.get(key)
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                scheme = value.get("scheme")
+                if value.get("kappa") is not None:
+                    return str(value["kappa"])
+                return str(len(scheme)) if isinstance(scheme, list) else str(scheme)
+            return str(value)
     return "-"
 
 
