@@ -116,43 +116,53 @@ def _sample(tensors: Sequence[torch.Tensor], total: int, work: torch.dtype) -> t
     return torch.cat(parts).sort().values
 
 
-def _count_pass(
-    tensors: Sequence[torch.Tensor],
-    names: list[str],
-    work: torch.dtype,
-    bounds: Sequence[float],
-    gather: bool = False,
-) -> tuple[list[int], torch.Tensor | None]:
-    """Count magnitudes below each bound; with ``gather``, also return those in ``[bounds[0], bounds[-1])``.
-
-    Gathering is abandoned (None returned) once more than ``COLLECT_LIMIT`` would be kept.
-    Every pass also checks that the tensors are finite.
-    """
-    counts = [0] * len(bounds)
-    gathered: list[torch.Tensor] | None = [] if gather else None
-    gathered_size = 0
+def _count_below(tensors: Sequence[torch.Tensor], names: list[str], work: torch.dtype, bound: float) -> int:
+    """Number of magnitudes below ``bound`` (also checks that the tensors are finite)."""
+    count = 0
     for tensor, name in zip(tensors, names):
-        partial = [torch.zeros((), dtype=torch.int64, device=tensor.device) for _ in bounds]
+        below = torch.zeros((), dtype=torch.int64, device=tensor.device)
         magnitude_sum = torch.zeros((), dtype=work, device=tensor.device)
         for _, mag in _magnitude_chunks(tensor, work):
             magnitude_sum += mag.sum()
-            below = [mag < bound for bound in bounds]
-            for j, is_below in enumerate(below):
-                partial[j] += torch.count_nonzero(is_below)
+            below += torch.count_nonzero(mag < bound)
+        _check_finite(magnitude_sum, tensor, name)
+        count += int(below)
+    return count
+
+
+def _bracket_pass(
+    tensors: Sequence[torch.Tensor], names: list[str], work: torch.dtype, lo: float, hi: float
+) -> tuple[int, int, torch.Tensor | None]:
+    """``(count below lo, count below hi, magnitudes in [lo, hi))`` in one pass.
+
+    The gathered magnitudes are dropped (None) once there would be more than ``COLLECT_LIMIT``.
+    Also checks that the tensors are finite.
+    """
+    count_lo = count_inside = 0
+    gathered: list[torch.Tensor] | None = []
+    gathered_size = 0
+    for tensor, name in zip(tensors, names):
+        below = torch.zeros((), dtype=torch.int64, device=tensor.device)
+        magnitude_sum = torch.zeros((), dtype=work, device=tensor.device)
+        for _, mag in _magnitude_chunks(tensor, work):
+            magnitude_sum += mag.sum()
+            below_lo = mag < lo
+            below += torch.count_nonzero(below_lo)
+            inside = mag[(mag < hi) ^ below_lo]  # below lo implies below hi
+            count_inside += inside.numel()
             if gathered is not None:
-                inside = mag[below[-1] ^ below[0]]  # below[0] implies below[-1]
                 gathered_size += inside.numel()
                 if gathered_size > COLLECT_LIMIT:
                     gathered = None
                 else:
                     gathered.append(inside)
         _check_finite(magnitude_sum, tensor, name)
-        for j, value in enumerate(partial):
-            counts[j] += int(value)
+        count_lo += int(below)
     if gathered is None:
-        return counts, None
+        return count_lo, count_lo + count_inside, None
     device = tensors[0].device
-    return counts, torch.cat([g.to(device) for g in gathered]) if gathered else torch.empty(0, dtype=work)
+    values = torch.cat([g.to(device) for g in gathered]) if gathered else torch.empty(0, dtype=work, device=device)
+    return count_lo, count_lo + count_inside, values
 
 
 def _threshold_from_candidates(candidates: torch.Tensor, below_candidates: int, k: int) -> Threshold:
@@ -177,7 +187,8 @@ def find_threshold(
         return Threshold(0.0, 0, 0, 0, 0)
     work = _work_dtype(tensors)
     if total <= SMALL:
-        _, everything = _count_pass(tensors, names, work, [0.0, math.inf], gather=True)
+        _, _, everything = _bracket_pass(tensors, names, work, 0.0, math.inf)
+        assert everything is not None
         return _threshold_from_candidates(everything, 0, k)
 
     # Bracket invariant: count(|x| < lo) = lo_count < k <= hi_count = count(|x| < hi).
@@ -189,9 +200,7 @@ def find_threshold(
     lo_index, hi_index = math.floor(expected - spread), math.ceil(expected + spread)
     guess_lo = float(sample[lo_index]) if lo_index > 0 else 0.0
     guess_hi = _next_up(float(sample[hi_index]), work) if hi_index < n else math.inf
-    (count_lo, count_hi), gathered = _count_pass(
-        tensors, names, work, [guess_lo, guess_hi], gather=True
-    )
+    count_lo, count_hi, gathered = _bracket_pass(tensors, names, work, guess_lo, guess_hi)
     if count_lo < k <= count_hi:
         if gathered is not None:
             return _threshold_from_candidates(gathered, count_lo, k)
@@ -204,15 +213,15 @@ def find_threshold(
     lo_bits, hi_bits = _to_bits(lo, work), _to_bits(hi, work)
     while hi_bits - lo_bits > 1 and hi_count - lo_count > COLLECT_LIMIT:
         mid = _from_bits((lo_bits + hi_bits) // 2, work)
-        (count_mid,), _ = _count_pass(tensors, names, work, [mid])
+        count_mid = _count_below(tensors, names, work, mid)
         if count_mid < k:
             lo, lo_count, lo_bits = mid, count_mid, _to_bits(mid, work)
         else:
             hi, hi_count, hi_bits = mid, count_mid, _to_bits(mid, work)
     if hi_bits - lo_bits == 1:  # the bracket holds the single value lo: all of it is ties
         return Threshold(lo, lo_count, k - lo_count, hi_count - lo_count, k)
-    _, gathered = _count_pass(tensors, names, work, [lo, hi], gather=True)
-    assert gathered is not None
+    _, _, gathered = _bracket_pass(tensors, names, work, lo, hi)
+    assert gathered is not None  # the loop above stops once the bracket holds <= COLLECT_LIMIT
     return _threshold_from_candidates(gathered, lo_count, k)
 
 
