@@ -174,15 +174,32 @@ def _threshold_from_candidates(candidates: torch.Tensor, below_candidates: int, 
     return Threshold(float(value), below, k - below, ties_total, k)
 
 
-def find_threshold(
-    tensors: Sequence[torch.Tensor], k: int, names: Sequence[str] | None = None
-) -> Threshold:
-    """Locate the k smallest magnitudes over all elements of ``tensors`` (0 <= k <= total)."""
+def _validated(tensors: Sequence[torch.Tensor], k: int, names: Sequence[str] | None) -> tuple[list[str], int]:
     names = _names_for(tensors, names)
     _check_dtypes(tensors, names)
     total = sum(t.numel() for t in tensors)
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= total:
         raise SparsityError(f"k={k!r} is outside [0, {total}] (the number of elements to rank)")
+    return names, total
+
+
+def _guess_bracket(tensors: Sequence[torch.Tensor], total: int, k: int, work: torch.dtype) -> tuple[float, float]:
+    """A value bracket ``[lo, hi)`` that very likely holds the k-th smallest magnitude (from a sample)."""
+    sample = _sample(tensors, total, work)
+    n = sample.numel()
+    expected = (k - 1) * n / total
+    spread = 4.0 * math.sqrt(n * (k / total) * (1.0 - k / total)) + 8.0
+    lo_index, hi_index = math.floor(expected - spread), math.ceil(expected + spread)
+    guess_lo = float(sample[lo_index]) if lo_index > 0 else 0.0
+    guess_hi = _next_up(float(sample[hi_index]), work) if hi_index < n else math.inf
+    return guess_lo, guess_hi
+
+
+def find_threshold(
+    tensors: Sequence[torch.Tensor], k: int, names: Sequence[str] | None = None
+) -> Threshold:
+    """Locate the k smallest magnitudes over all elements of ``tensors`` (0 <= k <= total)."""
+    names, total = _validated(tensors, k, names)
     if k == 0:
         return Threshold(0.0, 0, 0, 0, 0)
     work = _work_dtype(tensors)
@@ -193,13 +210,7 @@ def find_threshold(
 
     # Bracket invariant: count(|x| < lo) = lo_count < k <= hi_count = count(|x| < hi).
     lo, lo_count, hi, hi_count = 0.0, 0, math.inf, total
-    sample = _sample(tensors, total, work)
-    n = sample.numel()
-    expected = (k - 1) * n / total
-    spread = 4.0 * math.sqrt(n * (k / total) * (1.0 - k / total)) + 8.0
-    lo_index, hi_index = math.floor(expected - spread), math.ceil(expected + spread)
-    guess_lo = float(sample[lo_index]) if lo_index > 0 else 0.0
-    guess_hi = _next_up(float(sample[hi_index]), work) if hi_index < n else math.inf
+    guess_lo, guess_hi = _guess_bracket(tensors, total, k, work)
     count_lo, count_hi, gathered = _bracket_pass(tensors, names, work, guess_lo, guess_hi)
     if count_lo < k <= count_hi:
         if gathered is not None:
@@ -235,11 +246,8 @@ def masks_from_threshold(
     value = threshold.value
     ties_left = threshold.ties_pruned
     all_ties_pruned = threshold.ties_pruned == threshold.ties_total
-    masks = []
-    for i, tensor in enumerate(tensors):
-        mask = out[i] if out is not None else torch.empty(tensor.shape, dtype=torch.bool, device=tensor.device)
-        if mask.shape != tensor.shape or mask.dtype != torch.bool:
-            raise SparsityError(f"out[{i}] must be a bool tensor of shape {tuple(tensor.shape)}")
+    masks = _output_masks(tensors, out)
+    for tensor, mask in zip(tensors, masks):
         flat = mask.view(-1)
         for start, mag in _magnitude_chunks(tensor, work):
             dest = flat[start : start + mag.numel()]
@@ -252,7 +260,6 @@ def masks_from_threshold(
                 tie_positions = torch.nonzero(mag == value).squeeze(1)[:ties_left]
                 dest[tie_positions] = False
                 ties_left -= tie_positions.numel()
-        masks.append(mask)
     return masks
 
 
@@ -274,14 +281,79 @@ def pruned_counts_from_threshold(tensors: Sequence[torch.Tensor], threshold: Thr
     return counts
 
 
+def _output_masks(tensors: Sequence[torch.Tensor], out: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+    masks = []
+    for i, tensor in enumerate(tensors):
+        mask = out[i] if out is not None else torch.empty(tensor.shape, dtype=torch.bool, device=tensor.device)
+        if mask.shape != tensor.shape or mask.dtype != torch.bool:
+            raise SparsityError(f"out[{i}] must be a bool tensor of shape {tuple(tensor.shape)}")
+        masks.append(mask)
+    return masks
+
+
+def _masks_in_one_pass(
+    tensors: Sequence[torch.Tensor], names: list[str], work: torch.dtype, k: int, lo: float, hi: float,
+    masks: list[torch.Tensor],
+) -> bool:
+    """Write exact masks with a single pass over the data if the k-th magnitude lies in ``[lo, hi)``.
+
+    The pass writes ``|x| >= lo`` as a provisional mask and gathers the few magnitudes in
+    ``[lo, hi)`` with their positions; once the threshold is known from them, only those positions
+    are corrected. Returns False (masks then hold garbage) when the bracket missed or would gather
+    more than ``COLLECT_LIMIT`` values; the caller then takes the general path.
+    """
+    count_lo, gathered_size = 0, 0
+    values, positions = [], []
+    for i, (tensor, name, mask) in enumerate(zip(tensors, names, masks)):
+        flat = mask.view(-1)
+        kept = torch.zeros((), dtype=torch.int64, device=tensor.device)
+        magnitude_sum = torch.zeros((), dtype=work, device=tensor.device)
+        for start, mag in _magnitude_chunks(tensor, work):
+            dest = flat[start : start + mag.numel()]
+            torch.ge(mag, lo, out=dest)
+            kept += torch.count_nonzero(dest)
+            magnitude_sum += mag.sum()
+            index = torch.nonzero(dest & (mag < hi)).squeeze(1)
+            gathered_size += index.numel()
+            if gathered_size > COLLECT_LIMIT:
+                return False
+            values.append(mag[index])
+            positions.append((i, start + index))
+        _check_finite(magnitude_sum, tensor, name)
+        count_lo += tensor.numel() - int(kept)
+    if not count_lo < k <= count_lo + gathered_size:
+        return False
+    threshold = _threshold_from_candidates(torch.cat([v.to(values[0].device) for v in values]), count_lo, k)
+    ties_left = threshold.ties_pruned
+    for value, (i, index) in zip(values, positions):
+        prune = value < threshold.value
+        if ties_left:
+            ties = torch.nonzero(value == threshold.value).squeeze(1)[:ties_left]
+            prune[ties] = True
+            ties_left -= ties.numel()
+        masks[i].view(-1)[index[prune]] = False
+    return True
+
+
 def smallest_magnitude_masks(
     tensors: Sequence[torch.Tensor],
     k: int,
     names: Sequence[str] | None = None,
     out: Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
-    """Masks pruning exactly the ``k`` smallest magnitudes over all ``tensors`` together (GP)."""
-    return masks_from_threshold(tensors, find_threshold(tensors, k, names), out)
+    """Masks pruning exactly the ``k`` smallest magnitudes over all ``tensors`` together (GP).
+
+    Usually one pass over the data after the sample (see ``_masks_in_one_pass``); otherwise
+    ``find_threshold`` then ``masks_from_threshold``. Both give the same masks.
+    """
+    names, total = _validated(tensors, k, names)
+    masks = _output_masks(tensors, out)
+    if total > SMALL and 0 < k < total:
+        work = _work_dtype(tensors)
+        lo, hi = _guess_bracket(tensors, total, k, work)
+        if _masks_in_one_pass(tensors, names, work, k, lo, hi, masks):
+            return masks
+    return masks_from_threshold(tensors, find_threshold(tensors, k, names), masks)
 
 
 def per_tensor_smallest_magnitude_masks(
@@ -296,6 +368,5 @@ def per_tensor_smallest_magnitude_masks(
         raise SparsityError(f"got {len(counts)} counts for {len(tensors)} tensors")
     masks = []
     for i, (tensor, count, name) in enumerate(zip(tensors, counts, names)):
-        threshold = find_threshold([tensor], count, [name])
-        masks += masks_from_threshold([tensor], threshold, None if out is None else [out[i]])
+        masks += smallest_magnitude_masks([tensor], count, [name], None if out is None else [out[i]])
     return masks
