@@ -190,8 +190,11 @@ def _guess_bracket(tensors: Sequence[torch.Tensor], total: int, k: int, work: to
     expected = (k - 1) * n / total
     spread = 4.0 * math.sqrt(n * (k / total) * (1.0 - k / total)) + 8.0
     lo_index, hi_index = math.floor(expected - spread), math.ceil(expected + spread)
-    guess_lo = float(sample[lo_index]) if lo_index > 0 else 0.0
-    guess_hi = _next_up(float(sample[hi_index]), work) if hi_index < n else math.inf
+    # Exact zeros (already pruned weights) are often numerous: keep them below the bracket, so that
+    # they are counted rather than gathered, and a k-th value of zero shows up as count_lo >= k.
+    smallest_positive = _next_up(0.0, work)
+    guess_lo = max(float(sample[lo_index]) if lo_index > 0 else 0.0, smallest_positive)
+    guess_hi = max(_next_up(float(sample[hi_index]), work) if hi_index < n else math.inf, guess_lo)
     return guess_lo, guess_hi
 
 
