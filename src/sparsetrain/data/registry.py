@@ -9,10 +9,10 @@ options instead of a ``TypeError`` from deep inside the loader.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from sparsetrain.options import check_options, keyword_options
 from sparsetrain.data.digits import ClassificationSplit, load_digits_split
 from sparsetrain.data.mnist1d import load_mnist1d_split
 from sparsetrain.data.npz import load_npz_split
@@ -55,23 +55,13 @@ def register_dataset(
 
 def dataset_options(name: str) -> tuple[str, ...]:
     """The keyword options that dataset ``name`` accepts, in signature order."""
-    return _keyword_options(_lookup(name))[0]
+    return keyword_options(_lookup(name))[0]
 
 
 def load_dataset(name: str, **options: Any) -> ClassificationSplit:
     """Call the loader registered as ``name`` with ``options`` (checked by name first)."""
     loader = _lookup(name)
-    allowed, required, takes_any = _keyword_options(loader)
-    listing = ", ".join(allowed) if allowed else "none"
-    if not takes_any:
-        for option in options:
-            if option not in allowed:
-                raise ValueError(
-                    f"dataset {name!r} has no option {option!r} (options: {listing})"
-                )
-    for option in required:
-        if option not in options:
-            raise ValueError(f"dataset {name!r} needs option {option!r} (options: {listing})")
+    check_options("dataset", name, loader, options)
     return loader(**options)
 
 
@@ -79,21 +69,3 @@ def _lookup(name: str) -> DatasetLoader:
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"dataset {name!r} is not one of: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
-
-
-def _keyword_options(fn: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
-    """``(names, required names, accepts **kwargs)`` of ``fn``'s keyword-passable parameters."""
-    names: list[str] = []
-    required: list[str] = []
-    takes_any = False
-    for parameter in inspect.signature(fn).parameters.values():
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            takes_any = True
-        elif parameter.kind in (
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            inspect.Parameter.KEYWORD_ONLY,
-        ):
-            names.append(parameter.name)
-            if parameter.default is inspect.Parameter.empty:
-                required.append(parameter.name)
-    return tuple(names), tuple(required), takes_any

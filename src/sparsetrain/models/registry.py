@@ -9,13 +9,13 @@ checks option names against the builder's signature before calling it.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from numbers import Integral
 from typing import Any, TypeVar
 
 from torch import nn
 
+from sparsetrain.options import check_options, keyword_options
 from sparsetrain.models.resnet import ResNet, resnet18, resnet34, resnet50
 from sparsetrain.models.small_resnet import SmallResNet, small_resnet
 
@@ -62,59 +62,24 @@ def _image_channels(model: str, input_shape: Sequence[int]) -> int:
     return in_channels
 
 
-def build_resnet18(
-    *,
-    input_shape: Sequence[int],
-    num_classes: int,
-    zero_init_residual: bool = False,
-    small_input: bool = False,
-) -> ResNet:
-    """torchvision-layout :func:`~sparsetrain.models.resnet.resnet18`; ``in_channels`` from ``input_shape``."""
-    return resnet18(
-        num_classes=num_classes,
-        zero_init_residual=zero_init_residual,
-        small_input=small_input,
-        in_channels=_image_channels("resnet18", input_shape),
-    )
+def _resnet_builder(name: str, factory: Callable[..., ResNet]) -> ModelBuilder:
+    def build(
+        *, input_shape: Sequence[int], num_classes: int, zero_init_residual: bool = False, small_input: bool = False
+    ) -> ResNet:
+        return factory(num_classes=num_classes, zero_init_residual=zero_init_residual, small_input=small_input,
+                       in_channels=_image_channels(name, input_shape))
 
-
-def build_resnet34(
-    *,
-    input_shape: Sequence[int],
-    num_classes: int,
-    zero_init_residual: bool = False,
-    small_input: bool = False,
-) -> ResNet:
-    """torchvision-layout :func:`~sparsetrain.models.resnet.resnet34`; ``in_channels`` from ``input_shape``."""
-    return resnet34(
-        num_classes=num_classes,
-        zero_init_residual=zero_init_residual,
-        small_input=small_input,
-        in_channels=_image_channels("resnet34", input_shape),
-    )
-
-
-def build_resnet50(
-    *,
-    input_shape: Sequence[int],
-    num_classes: int,
-    zero_init_residual: bool = False,
-    small_input: bool = False,
-) -> ResNet:
-    """torchvision-layout :func:`~sparsetrain.models.resnet.resnet50`; ``in_channels`` from ``input_shape``."""
-    return resnet50(
-        num_classes=num_classes,
-        zero_init_residual=zero_init_residual,
-        small_input=small_input,
-        in_channels=_image_channels("resnet50", input_shape),
-    )
+    build.__name__ = f"build_{name}"
+    build.__doc__ = (f"torchvision-layout :func:`~sparsetrain.models.resnet.{name}`; ``in_channels`` "
+                     "from ``input_shape``, which must be (C, H, W).")
+    return build
 
 
 MODELS: dict[str, ModelBuilder] = {
     "small_resnet": build_small_resnet,
-    "resnet18": build_resnet18,
-    "resnet34": build_resnet34,
-    "resnet50": build_resnet50,
+    "resnet18": _resnet_builder("resnet18", resnet18),
+    "resnet34": _resnet_builder("resnet34", resnet34),
+    "resnet50": _resnet_builder("resnet50", resnet50),
 }
 
 
@@ -133,7 +98,7 @@ def register_model(name: str, builder: _Builder | None = None, *, replace: bool 
     def add(fn: _Builder) -> _Builder:
         if not callable(fn):
             raise ValueError(f"model {name!r} builder {fn!r} is not callable")
-        names, _, takes_any = _keyword_options(fn)
+        names, _, takes_any = keyword_options(fn)
         for argument in _DERIVED_ARGUMENTS:
             if argument not in names and not takes_any:
                 raise ValueError(
@@ -147,7 +112,7 @@ def register_model(name: str, builder: _Builder | None = None, *, replace: bool 
 
 def model_options(name: str) -> tuple[str, ...]:
     """The keyword options that model ``name`` accepts (besides input_shape, num_classes)."""
-    names, _, _ = _keyword_options(_lookup(name))
+    names, _, _ = keyword_options(_lookup(name))
     return tuple(n for n in names if n not in _DERIVED_ARGUMENTS)
 
 
@@ -157,15 +122,7 @@ def build_model(
     """Build model ``name`` for samples shaped ``input_shape`` and ``num_classes`` classes."""
     builder = _lookup(name)
     shape = _check_input_shape(input_shape)
-    names, required, takes_any = _keyword_options(builder)
-    allowed = tuple(n for n in names if n not in _DERIVED_ARGUMENTS)
-    listing = ", ".join(allowed) if allowed else "none"
-    for option in options:
-        if option in _DERIVED_ARGUMENTS or (option not in allowed and not takes_any):
-            raise ValueError(f"model {name!r} has no option {option!r} (options: {listing})")
-    for option in required:
-        if option not in _DERIVED_ARGUMENTS and option not in options:
-            raise ValueError(f"model {name!r} needs option {option!r} (options: {listing})")
+    check_options("model", name, builder, options, supplied=_DERIVED_ARGUMENTS)
     return builder(input_shape=shape, num_classes=num_classes, **options)
 
 
@@ -188,21 +145,3 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     ):
         raise ValueError(message)
     return tuple(int(n) for n in shape)
-
-
-def _keyword_options(fn: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
-    """``(names, required names, accepts **kwargs)`` of ``fn``'s keyword-passable parameters."""
-    names: list[str] = []
-    required: list[str] = []
-    takes_any = False
-    for parameter in inspect.signature(fn).parameters.values():
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            takes_any = True
-        elif parameter.kind in (
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            inspect.Parameter.KEYWORD_ONLY,
-        ):
-            names.append(parameter.name)
-            if parameter.default is inspect.Parameter.empty:
-                required.append(parameter.name)
-    return tuple(names), tuple(required), takes_any
