@@ -47,7 +47,7 @@ def test_pruned_count_equals_budget(method, sparsity, seed, widths):
         ({"sparsity": -0.1}, r"sparsity=-0\.1 is outside \[0, 1\)"),
         ({"sparsity": math.nan}, r"sparsity=nan is outside \[0, 1\)"),
         ({"sparsity": "0.5"}, r"sparsity='0\.5' must be a number in \[0, 1\)"),
-        ({"sparsity": 0.5, "method": "magnitude"}, "method='magnitude' is not one of gp, gpmt, uniform, erk, profile"),
+        ({"sparsity": 0.5, "method": "magnitude"}, "method='magnitude' is not one of gp, gpmt, uniform, erk, profile, random"),
         ({"sparsity": 0.5, "method": "gpmt", "min_threshold": -1}, r"min_threshold=-1 is outside \[0, 100\]"),
         ({"sparsity": 0.5, "min_threshold": 0.05}, "min_threshold=0.05 only applies to method='gpmt'"),
         ({"sparsity": 0.5, "include": "nomatch"}, "include selector 'nomatch' matches no parameter"),
@@ -86,3 +86,12 @@ def test_pruning_an_already_sparse_model_further():
     for a, b in zip(first.masks, second.masks):
         assert not (b & ~a).any()  # magnitude order keeps earlier zeros pruned
     assert second.pruned_count() == round(0.8 * second.numel())
+
+
+def test_random_pruning_is_seeded_and_exact():
+    a, b, c = _model(), _model(), _model()
+    ma = sparsetrain.prune(a, 0.6, method="random", seed=3)
+    mb = sparsetrain.prune(b, 0.6, method="random", seed=3)
+    mc = sparsetrain.prune(c, 0.6, method="random", seed=4)
+    assert ma.checksum() == mb.checksum() != mc.checksum()
+    assert [m.numel() - k for m, k in zip(ma.masks, ma.kept_counts())] == [round(0.6 * m.numel()) for m in ma.masks]

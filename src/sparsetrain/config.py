@@ -98,9 +98,10 @@ class TrainStage(_Strict):
 
 class PruneStage(_Strict):
     kind: Literal["prune"]
-    method: Literal["gp", "gpmt", "uniform", "erk", "profile"] = "gp"
+    method: Literal["gp", "gpmt", "uniform", "erk", "profile", "random"] = "gp"
     sparsity: Annotated[float, Field(ge=0, lt=1)] | dict[str, Annotated[float, Field(ge=0, lt=1)]]
     min_threshold: float | None = Field(None, ge=0, le=100, description="GPMT floor, percent of target weights")
+    seed: int | None = Field(None, ge=0, description="random pruning: seed of the positions (default: run seed)")
 
     @model_validator(mode="after")
     def _consistent(self) -> PruneStage:
@@ -110,6 +111,8 @@ class PruneStage(_Strict):
             raise ValueError(f"method {self.method!r} needs one sparsity in [0, 1), not a mapping")
         if self.min_threshold is not None and self.method != "gpmt":
             raise ValueError("min_threshold only applies to method 'gpmt'")
+        if self.seed is not None and self.method != "random":
+            raise ValueError("seed only applies to method 'random'")
         return self
 
 
@@ -149,7 +152,62 @@ class GaPStage(_Strict):
         return self
 
 
-Stage = Annotated[TrainStage | PruneStage | GaPStage, Field(discriminator="kind")]
+class GMPStage(_Strict):
+    """Gradual magnitude pruning (Zhu & Gupta): sparsity rises along a cubic from ``initial_sparsity``
+    at ``start_epoch`` to ``sparsity`` at ``end_epoch`` (default: 75% of the stage), then training
+    goes on with the masks fixed."""
+
+    kind: Literal["gmp"]
+    sparsity: float = Field(ge=0, lt=1)
+    epochs: int = Field(ge=1)
+    initial_sparsity: float = Field(0.0, ge=0, lt=1)
+    start_epoch: int = Field(0, ge=0, description="epoch of the stage at which pruning starts")
+    end_epoch: int | None = Field(None, ge=0, description="epoch of the stage at which the final sparsity is reached")
+    frequency: int | None = Field(None, ge=1, description="steps between prunings (default: one epoch)")
+    distribution: Literal["uniform", "global"] = "uniform"
+    optimizer: dict[str, Any] = Field(default_factory=dict)
+    lr_schedule: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GMPStage:
+        end = self.final_epoch
+        if not self.start_epoch <= end <= self.epochs:
+            raise ValueError(f"needs start_epoch={self.start_epoch} <= end_epoch={end} <= epochs={self.epochs}")
+        if self.initial_sparsity > self.sparsity:
+            raise ValueError(f"initial_sparsity={self.initial_sparsity} exceeds sparsity={self.sparsity}")
+        return self
+
+    @property
+    def final_epoch(self) -> int:
+        return self.end_epoch if self.end_epoch is not None else int(0.75 * self.epochs)
+
+
+class DSTStage(_Strict):
+    """Dynamic sparse training from a random sparse init: SET (random regrowth, constant drop
+    fraction) or RigL (gradient regrowth, cosine-decayed drop fraction); paper defaults."""
+
+    kind: Literal["set", "rigl"]
+    sparsity: float = Field(ge=0, lt=1)
+    epochs: int = Field(ge=1)
+    distribution: Literal["uniform", "erk"] = "erk"
+    update_every: int = Field(100, ge=1, description="steps between drop-and-grow updates")
+    drop_fraction: float = Field(0.3, gt=0, le=1, description="alpha: fraction of active weights replaced")
+    stop_fraction: float = Field(0.75, gt=0, le=1, description="updates stop after this fraction of the stage")
+    decay: Literal["cosine", "constant"] | None = Field(None, description="default: cosine for RigL, constant for SET")
+    mask_seed: int | None = Field(None, ge=0)
+    optimizer: dict[str, Any] = Field(default_factory=dict)
+    lr_schedule: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def drop_decay(self) -> str:
+        return self.decay or ("cosine" if self.kind == "rigl" else "constant")
+
+
+Stage = Annotated[TrainStage | PruneStage | GaPStage | GMPStage | DSTStage, Field(discriminator="kind")]
+
+
+TrainingStage = TrainStage | GaPStage | GMPStage | DSTStage
+"""Stages that train (and so have an optimizer and an LR schedule)."""
 
 
 class TrainingConfig(_Strict):
@@ -195,7 +253,7 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _stage_overrides_are_valid(self) -> RunConfig:
         for i, stage in enumerate(self.stages):
-            if isinstance(stage, (TrainStage, GaPStage)):
+            if isinstance(stage, (TrainStage, GaPStage, GMPStage, DSTStage)):
                 for section, build in (("optimizer", self.stage_optimizer), ("lr_schedule", self.stage_lr_schedule)):
                     try:
                         build(stage)
@@ -203,10 +261,10 @@ class RunConfig(_Strict):
                         raise ValueError(_one_line(err, prefix=f"stages.{i}.{section}")) from None
         return self
 
-    def stage_optimizer(self, stage: TrainStage | GaPStage) -> OptimizerConfig:
+    def stage_optimizer(self, stage: TrainingStage) -> OptimizerConfig:
         return OptimizerConfig(**(self.optimizer.model_dump() | stage.optimizer))
 
-    def stage_lr_schedule(self, stage: TrainStage | GaPStage) -> LRScheduleConfig:
+    def stage_lr_schedule(self, stage: TrainingStage) -> LRScheduleConfig:
         return LRScheduleConfig(**(self.lr_schedule.model_dump() | stage.lr_schedule))
 
     def run_dir(self) -> Path:
@@ -218,7 +276,7 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_STAGE_TAGS = {"dense", "finetune", "prune", "sgap", "pgap"}
+_STAGE_TAGS = {"dense", "finetune", "prune", "sgap", "pgap", "gmp", "set", "rigl"}
 
 
 def _one_line(error: ValidationError, prefix: str = "") -> str:

@@ -12,6 +12,14 @@ Kinds:
 - ``gap_final``: prune the last grown partition; from here on every mask is fixed.
 - ``pgap_round`` / ``pgap_merge``: P-GaP bookkeeping; the runner trains the workers and merges
   their partitions, then the merge prunes every partition back to ``sparsity``.
+- ``dst_init``: seeded random masks at ``sparsity`` with the ``distribution``'s per-tensor budgets
+  (the start of SET and RigL).
+- ``set_update`` / ``rigl_update``: in every tensor drop ``drop_fraction`` of the active weights
+  with the smallest magnitudes and regrow as many at random (SET) or where the gradient is
+  largest (RigL); regrown weights start at zero. RigL's update needs this step's gradients, so it
+  happens after the backward pass (``after_backward``).
+
+Events due at the same step run in schedule order, those before the forward pass first.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ class MaskEvent:
     seed: int = 0
     resets_optimizer: bool = False
     stage: int = 0
+    drop_fraction: float = 0.0
+    after_backward: bool = False
     label: str = field(default="", compare=False)
 
 
@@ -43,7 +53,7 @@ class Schedule:
     """A fixed, sorted list of events; ``events_at(step)`` returns those due at that step."""
 
     def __init__(self, events: Iterable[MaskEvent] = ()) -> None:
-        self._events = sorted(events, key=lambda e: e.step)
+        self._events = sorted(events, key=lambda e: (e.step, e.after_backward))
 
     def events(self) -> list[MaskEvent]:
         return list(self._events)

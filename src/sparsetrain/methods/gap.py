@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sparsity import MaskSet, erk_counts, per_tensor_smallest_magnitude_masks, smallest_magnitude_masks
+from ..sparsity import MaskSet, per_tensor_counts, per_tensor_smallest_magnitude_masks, smallest_magnitude_masks
 from ..sparsity.budgets import count_for
 from ..sparsity.random_masks import random_masks
 from .events import MaskEvent
@@ -112,9 +112,7 @@ def gap_events(layout: GaPLayout, start_step: int, steps_per_epoch: int, sparsit
 
 def tensor_counts(masks: MaskSet, sparsity: float, distribution: str) -> list[int]:
     """Per-tensor pruned counts of the uniform or ERK distribution over all targets."""
-    if distribution == "erk":
-        return erk_counts([t.shape for t in masks.targets], sparsity)
-    return [count_for(t.numel, sparsity) for t in masks.targets]
+    return per_tensor_counts([t.shape for t in masks.targets], sparsity, distribution)
 
 
 def prune_partition_(masks: MaskSet, indices: Sequence[int], sparsity: float, distribution: str) -> None:

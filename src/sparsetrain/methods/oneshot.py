@@ -21,4 +21,4 @@ def apply_prune_event(
     if event.kind != "prune":
         raise ValueError(f"event kind {event.kind!r} is not a one-shot prune")
     return prune(model, event.sparsity, method=event.method, min_threshold=event.min_threshold,
-                 include=include, exclude=exclude)
+                 include=include, exclude=exclude, seed=event.seed)

@@ -13,10 +13,19 @@ from __future__ import annotations
 import math
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..config import GaPStage, LRScheduleConfig, OptimizerConfig, PruneStage, RunConfig, TrainStage
-from ..methods import GaPLayout, MaskEvent, Schedule, gap_events, gap_layout, one_shot_prune
+from ..config import (
+    DSTStage,
+    GaPStage,
+    GMPStage,
+    LRScheduleConfig,
+    OptimizerConfig,
+    PruneStage,
+    RunConfig,
+    TrainStage,
+)
+from ..methods import GaPLayout, Schedule, dst_events, gap_events, gap_layout, gmp_events, one_shot_prune
 from ..sparsity.partitions import Partition
 
 
@@ -92,7 +101,27 @@ def build_timeline(
             epoch += stage.epochs
         elif isinstance(stage, PruneStage):
             spans.append(StageSpan(index, stage.kind, epoch, 0, start_step, 0, None, None))
-            events.append(one_shot_prune(start_step, stage.method, stage.sparsity, stage.min_threshold, index))
+            event = one_shot_prune(start_step, stage.method, stage.sparsity, stage.min_threshold, index)
+            if stage.method == "random":
+                event = replace(event, seed=config.seed if stage.seed is None else stage.seed)
+            events.append(event)
+        elif isinstance(stage, (GMPStage, DSTStage)):
+            steps = stage.epochs * steps_per_epoch
+            spans.append(StageSpan(index, stage.kind, epoch, stage.epochs, start_step, steps,
+                                   config.stage_optimizer(stage), config.stage_lr_schedule(stage),
+                                   (Segment(epoch, stage.epochs),)))
+            if isinstance(stage, GMPStage):
+                events += gmp_events(start_step + stage.start_epoch * steps_per_epoch,
+                                     start_step + stage.final_epoch * steps_per_epoch,
+                                     stage.frequency or steps_per_epoch, stage.initial_sparsity, stage.sparsity,
+                                     stage.distribution, index)
+            else:
+                events += dst_events(stage.kind, start_step, steps, stage.sparsity,
+                                     distribution=stage.distribution, update_every=stage.update_every,
+                                     drop_fraction=stage.drop_fraction, stop_fraction=stage.stop_fraction,
+                                     decay=stage.drop_decay,
+                                     seed=config.seed if stage.mask_seed is None else stage.mask_seed, stage=index)
+            epoch += stage.epochs
         elif isinstance(stage, GaPStage):
             if partitions is None or index not in partitions:
                 raise ValueError(f"stages.{index} ({stage.kind}) needs its partitions, resolved against the model")
@@ -118,7 +147,7 @@ def sparsity_after_events(timeline: Timeline, target_shapes: Sequence[Sequence[i
     A one-shot GP/GPMT/ERK total is booked on the first tensor: only totals are reported, and GaP
     events re-budget every partition, which together cover all targets.
     """
-    from ..sparsity.budgets import count_for, erk_counts
+    from ..sparsity.budgets import count_for, per_tensor_counts
 
     target_numels = [math.prod(shape) for shape in target_shapes]
     total = sum(target_numels)
@@ -131,15 +160,18 @@ def sparsity_after_events(timeline: Timeline, target_shapes: Sequence[Sequence[i
             if event.method in ("gp", "gpmt", "erk"):
                 pruned = [0] * len(target_numels)
                 pruned[0] = count_for(total, event.sparsity)
-            elif event.method == "uniform":
+            elif event.method in ("uniform", "random"):
                 pruned = [count_for(n, event.sparsity) for n in target_numels]
             else:
                 result.append(float("nan"))  # a profile's total depends on names; shown by the run
                 continue
+        elif event.kind == "dst_init":
+            pruned = per_tensor_counts(target_shapes, event.sparsity, event.distribution)
+        elif event.kind in ("set_update", "rigl_update"):
+            pass  # drop and grow keep every tensor's count
         else:
             parts = [p.target_indices for p in spans[event.stage].partitions]
-            per_tensor = (erk_counts(target_shapes, event.sparsity) if event.distribution == "erk"
-                          else [count_for(n, event.sparsity) for n in target_numels])
+            per_tensor = per_tensor_counts(target_shapes, event.sparsity, event.distribution)
             if event.kind in ("gap_init", "pgap_init"):
                 for part in parts:
                     for i in part:

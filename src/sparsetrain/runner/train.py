@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import GaPStage, RunConfig, dump_config
-from ..methods import MaskEvent, apply_gap_event, apply_prune_event
+from ..methods import MaskEvent, apply_dst_event, apply_gap_event, apply_prune_event
 from ..sparsity import MaskSet, Sparsifier, global_counts, select_targets
 from ..sparsity.partitions import ownership, partition_targets
 from ..sparsity.targets import parameter_count
@@ -67,6 +67,7 @@ from .distributed import (
     shutdown_process_group,
 )
 from .lr_schedules import set_lr
+from .flops import TRAINING_PASSES, target_forward_flops, training_flops_per_example
 from .outputs import append_jsonl, rewrite_jsonl, write_gpmt_reference_files, write_layer_csv
 from .timeline import Segment, StageSpan, Timeline, build_timeline
 
@@ -101,6 +102,7 @@ class _Run:
         self.exclude = parse_selectors(config.targets.exclude)
         self.targets = select_targets(self.model, self.include, self.exclude)
         self.model_numel = parameter_count(self.model)
+        self.forward_flops = target_forward_flops(self.model, self.targets, self.task.train_set[0][0])
         self.timeline = resolve_timeline(config, self.targets, len(self.task.train_set))
         self.dist: DistContext | None = None
         self.eval_loader = DataLoader(self.task.test_set, batch_size=config.data.eval_batch_size)
@@ -110,6 +112,8 @@ class _Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.training.amp == "fp16")
         self.stage_index, self.epoch, self.step, self.events_applied = 0, 0, 0, 0
         self.pgap: dict[str, Any] | None = None
+        self.train_flops = 0.0
+        self.flops_per_example = training_flops_per_example(self.forward_flops, None)
         self.history: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
@@ -135,6 +139,7 @@ class _Run:
             "position": {"stage": self.stage_index, "epoch": self.epoch, "step": self.step,
                          "events_applied": self.events_applied},
             "pgap": self.pgap,
+            "train_flops": self.train_flops,
             "history": self.history, "events": self.events, "elapsed": self.elapsed(), "rng": rng_state(),
         })
 
@@ -149,6 +154,9 @@ class _Run:
         self.pending_optimizer_state = state["optimizer"]
         self.scaler.load_state_dict(state["scaler"])
         self.pgap = state["pgap"]
+        self.train_flops = state["train_flops"]
+        self.flops_per_example = training_flops_per_example(
+            self.forward_flops, self.sparsifier.masks if self.sparsifier else None)
         self.history, self.events, self.elapsed_before = state["history"], state["events"], state["elapsed"]
         rewrite_jsonl(self.dir / "metrics.jsonl", self.history)
         rewrite_jsonl(self.dir / "events.jsonl", self.events)
@@ -173,7 +181,7 @@ class _Run:
         entry = {"stage": self.stage_index, "stage_kind": kind, "epoch": self.epoch, "stage_epoch": stage_epoch,
                  "step": self.step, "lr": lr, "train_loss": train_loss, **metrics, "sparsity": sparsity,
                  "sparsity_all": sparsity_all, "events_applied": self.events_applied,
-                 "time_s": round(self.elapsed(), 3)}
+                 "train_flops": self.train_flops, "time_s": round(self.elapsed(), 3)}
         self.history.append(entry)
         append_jsonl(self.dir / "metrics.jsonl", entry)
         if entry is self.best_record():
@@ -187,14 +195,18 @@ class _Run:
         return max(candidates, key=lambda h: h["test_top1"]) if candidates else None
 
     # ---- mask events ---------------------------------------------------------------------------
-    def apply_due_events(self, span: StageSpan) -> None:
-        """Apply, in order, every not yet applied event of this stage that is due at ``self.step``."""
+    def apply_due_events(self, span: StageSpan, after_backward: bool = False) -> None:
+        """Apply, in order, every not yet applied event of this stage due at ``self.step`` in this phase."""
         schedule = self.timeline.schedule.events()
         while self.events_applied < len(schedule):
             event = schedule[self.events_applied]
-            if event.stage != span.index or event.step != self.step:
+            if event.stage != span.index or event.step != self.step or event.after_backward != after_backward:
                 break
             self.apply_event(span, event)
+
+    def next_event_step(self) -> int | None:
+        schedule = self.timeline.schedule.events()
+        return schedule[self.events_applied].step if self.events_applied < len(schedule) else None
 
     def apply_event(self, span: StageSpan, event: MaskEvent) -> None:
         before = self.history[-1]["test_top1"] if self.history else None
@@ -204,12 +216,15 @@ class _Run:
                 gp_counts = global_counts([t.param.detach() for t in self.targets], event.sparsity,
                                           [t.name for t in self.targets])
             self.sparsifier = Sparsifier(self.model, apply_prune_event(event, self.model, self.include, self.exclude))
+        elif event.kind in ("dst_init", "set_update", "rigl_update"):
+            apply_dst_event(event, self.masks())
         else:
             apply_gap_event(event, self.masks(), [p.target_indices for p in span.partitions])
         masks = self.masks()
         if self.optimizer is not None and not event.resets_optimizer:
             masks.mask_optimizer_state_(self.optimizer)
         self.events_applied += 1
+        self.flops_per_example = training_flops_per_example(self.forward_flops, masks)
         if not self.is_main:
             return
         csv_name = f"sparsity/step{self.step:08d}_{self.events_applied:03d}_{event.kind}.csv"
@@ -218,8 +233,9 @@ class _Run:
                  "label": event.label, "sparsity": masks.sparsity(), "csv": csv_name}
         self.events.append(entry)
         append_jsonl(self.dir / "events.jsonl", entry)
-        if event.kind == "pgap_round":
-            self.log(f"stage {span.index} {event.label}")
+        # Evaluate after the events that change the model's sparsity pattern wholesale, not after
+        # the frequent ones (GMP's steps, SET/RigL updates) or P-GaP's bookkeeping.
+        if event.kind in ("pgap_round", "set_update", "rigl_update") or span.kind == "gmp":
             return
         after = self.record(span.kind, self.epoch - span.start_epoch, 0.0, None)
         if gp_counts is not None:
@@ -251,6 +267,8 @@ class _Run:
         self.model.train()
         loss_sum, seen, lr = 0.0, 0, 0.0
         for inputs, labels in batches:
+            if self.next_event_step() == self.step:
+                self.apply_due_events(span)
             lr = schedule.lr_at(self.step - segment_start_step if per_iteration else epoch - segment.start_epoch)
             set_lr(self.optimizer, lr)
             inputs, labels = inputs.to(self.device), labels.to(self.device)
@@ -258,6 +276,8 @@ class _Run:
                 loss = self.task.loss(self.model(inputs), labels, training.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if self.next_event_step() == self.step:
+                self.apply_due_events(span, after_backward=True)  # e.g. RigL, which needs this step's gradients
             if training.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
@@ -266,6 +286,7 @@ class _Run:
             if self.sparsifier is not None:
                 self.sparsifier.step(self.optimizer)
             self.step += 1
+            self.train_flops += self.flops_per_example * labels.numel()
             loss_value = float(loss.detach())
             loss_sum += loss_value * labels.numel()
             seen += labels.numel()
@@ -277,13 +298,14 @@ class _Run:
         """dense, finetune and sgap stages (and the fine-tuning tail of pgap)."""
         training = self.config.training
         for epoch in range(self.epoch, span.end_epoch):
-            self.apply_due_events(span)
             segment = span.segment_at(epoch)
             self.prepare_optimizer(span, segment, epoch)
             loss, lr = self.train_epoch(span, segment, epoch)
             self.epoch = epoch + 1
             stage_epoch = self.epoch - span.start_epoch
             last = self.epoch == span.end_epoch
+            if last:
+                self.apply_due_events(span)  # events due when the stage's last step is done (e.g. GMP's last prune)
             if self.is_main and (last or stage_epoch % training.eval_every == 0):
                 entry = self.record(span.kind, stage_epoch, lr, loss)
                 self.log(f"stage {span.index} {span.kind} epoch {stage_epoch}/{span.epochs}: train loss {loss:.4f}, "
@@ -319,6 +341,7 @@ class _Run:
                     self.model.load_state_dict(self.pgap["merged"])
                     self.masks().load_state_dict(self.pgap["masks"])
                     self.masks().grow_(span.partitions[worker].target_indices)
+                    self.flops_per_example = training_flops_per_example(self.forward_flops, self.masks())
                     seed_everything(derived_seed(self.config.seed, span.index, round_index, worker))
                 for epoch in range(self.epoch, round_start + per_round):
                     self.prepare_optimizer(span, segment, epoch)
@@ -377,7 +400,9 @@ class _Run:
             write_layer_csv(self.dir / "sparsity" / "final.csv", masks)
         summary = {"final": final, "best": best, "model_numel": self.model_numel,
                    "target_numel": masks.numel() if masks else None,
-                   "sparsity": masks.sparsity() if masks else 0.0, "wall_time_s": round(self.elapsed(), 3)}
+                   "sparsity": masks.sparsity() if masks else 0.0, "wall_time_s": round(self.elapsed(), 3),
+                   "train_flops": self.train_flops,
+                   "dense_train_flops_per_example": TRAINING_PASSES * sum(self.forward_flops)}
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return RunResult(self.dir, self.model, masks, final, best)
 

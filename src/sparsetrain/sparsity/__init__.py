@@ -11,6 +11,7 @@ from .budgets import (
     max_min_threshold_sparsity,
     min_threshold_counts,
     min_threshold_floor,
+    per_tensor_counts,
     profile_counts,
     uniform_counts,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "max_min_threshold_sparsity",
     "min_threshold_counts",
     "min_threshold_floor",
+    "per_tensor_counts",
     "per_tensor_smallest_magnitude_masks",
     "profile_counts",
     "prune",

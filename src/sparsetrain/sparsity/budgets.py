@@ -149,3 +149,10 @@ def profile_counts(names: Sequence[str], numels: Sequence[int], profile: Mapping
     if unused:
         raise SparsityError(f"profile pattern {unused[0]!r} matches no target (an earlier pattern may shadow it)")
     return counts
+
+
+def per_tensor_counts(shapes: Sequence[Sequence[int]], sparsity: float, distribution: str) -> list[int]:
+    """Per-tensor pruned counts of a ``uniform`` or ``erk`` distribution (any other: uniform)."""
+    if distribution == "erk":
+        return erk_counts(shapes, sparsity)
+    return uniform_counts([math.prod(s) for s in shapes], sparsity)

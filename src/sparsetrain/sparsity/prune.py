@@ -9,6 +9,7 @@ Methods (see ``budgets`` for the exact definitions):
 - ``"uniform"``: every target at the same sparsity, each by its own magnitude ranking.
 - ``"erk"``: RigL's Erdős–Rényi-Kernel distribution, each layer by magnitude.
 - ``"profile"``: ``sparsity`` is a mapping ``{name regex: sparsity}``.
+- ``"random"``: every target at ``sparsity``, positions drawn with ``seed`` (the sanity floor).
 
 Exactly the budgeted number of weights is pruned; ties are broken by position.
 """
@@ -22,10 +23,11 @@ from torch import nn
 from . import budgets
 from .errors import SparsityError, check_sparsity
 from .masks import MaskSet
+from .random_masks import random_masks
 from .selection import find_threshold, masks_from_threshold, per_tensor_smallest_magnitude_masks
 from .targets import Selector, parameter_count, select_targets
 
-METHODS = ("gp", "gpmt", "uniform", "erk", "profile")
+METHODS = ("gp", "gpmt", "uniform", "erk", "profile", "random")
 DEFAULT_MIN_THRESHOLD = 0.05
 """Percent of all target weights, the GPMT reference code's default."""
 
@@ -37,6 +39,7 @@ def prune(
     min_threshold: float | None = None,
     include: Selector | Iterable[Selector] | None = None,
     exclude: Selector | Iterable[Selector] | None = None,
+    seed: int = 0,
 ) -> MaskSet:
     """Prune ``model`` in place to ``sparsity`` (fraction of target weights in [0, 1)).
 
@@ -65,13 +68,16 @@ def prune(
             mt = DEFAULT_MIN_THRESHOLD if min_threshold is None else min_threshold
             gp = budgets.global_counts(tensors, sparsity, names)
             counts = budgets.min_threshold_counts(numels, gp, sparsity, mt)
-        elif method == "uniform":
+        elif method in ("uniform", "random"):
             counts = budgets.uniform_counts(numels, sparsity)
         elif method == "erk":
             counts = budgets.erk_counts([t.shape for t in targets], sparsity)
         else:
             counts = budgets.profile_counts(names, numels, sparsity)
-        masks = per_tensor_smallest_magnitude_masks(tensors, counts, names)
+        if method == "random":
+            masks = random_masks(tensors, counts, seed)
+        else:
+            masks = per_tensor_smallest_magnitude_masks(tensors, counts, names)
     mask_set = MaskSet(targets, masks, model_numel=parameter_count(model), target_counts=counts)
     mask_set.apply_()
     return mask_set

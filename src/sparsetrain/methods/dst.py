@@ -1,0 +1,100 @@
+"""Dynamic sparse training: SET (Mocanu et al. 2018) and RigL (Evci et al. 2020).
+
+Both start from a seeded random sparse model (``dst_init``; ERK or uniform per-tensor budgets,
+the total exact) and, every ``update_every`` steps until ``stop_fraction`` of the stage, replace a
+fraction of each tensor's active weights: the ``round(f * active)`` active weights with the
+smallest magnitudes are dropped and as many inactive positions are grown, so every tensor keeps
+its budget. SET grows at random positions and keeps ``f`` constant (its paper: ``f = 0.3``);
+RigL grows where the current mini-batch's gradient magnitude is largest and decays ``f`` as
+``alpha / 2 * (1 + cos(pi * t / T_end))`` with ``alpha = 0.3``, ``T_end`` = 75% of training, an
+update every 100 steps (its paper's defaults). Grown weights start at zero, and their optimizer
+state is zero. Dense gradients are only needed at RigL's update steps: its update runs after the
+backward pass of that step, before the optimizer step. A just-dropped position may be regrown
+(it restarts at zero). Every choice is exact and deterministic: magnitudes and gradient scores are
+ranked with the engine's selection (ties by position), SET's random scores come from a seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..sparsity import MaskSet, per_tensor_counts, random_masks, smallest_magnitude_masks
+from .events import MaskEvent
+
+_EXCLUDED = 1.0e30
+"""Score given to positions that must never be chosen (finite, so the selection accepts it)."""
+
+
+def drop_fraction_at(step_in_stage: int, stop_step: int, alpha: float, decay: str) -> float:
+    if decay == "constant":
+        return alpha
+    return alpha / 2.0 * (1.0 + math.cos(math.pi * min(step_in_stage, stop_step) / stop_step))
+
+
+def dst_events(method: str, start_step: int, total_steps: int, sparsity: float, *, distribution: str,
+               update_every: int, drop_fraction: float, stop_fraction: float, decay: str, seed: int,
+               stage: int) -> list[MaskEvent]:
+    """``dst_init`` at ``start_step``, then an update every ``update_every`` steps before ``stop_fraction``."""
+    stop = max(1, int(stop_fraction * total_steps))
+    events = [MaskEvent(start_step, "dst_init", sparsity, distribution=distribution, seed=seed, stage=stage,
+                        label=f"{method} init ({distribution} random masks)")]
+    for offset in range(update_every, stop, update_every):
+        fraction = drop_fraction_at(offset, stop, drop_fraction, decay)
+        events.append(MaskEvent(start_step + offset, f"{method}_update", sparsity, distribution=distribution,
+                                seed=seed + offset, stage=stage, drop_fraction=fraction,
+                                after_backward=method == "rigl",
+                                label=f"{method} update: drop and regrow {fraction:.3f} of active weights"))
+    return events
+
+
+def _choose_largest(scores: torch.Tensor, candidates: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool tensor marking the ``count`` candidates with the largest scores (ties: later positions)."""
+    if count == 0:
+        return torch.zeros_like(candidates)
+    ranked = torch.where(candidates, scores, torch.full_like(scores, _EXCLUDED))
+    not_chosen = int(candidates.sum()) - count
+    keep = smallest_magnitude_masks([ranked], not_chosen)[0]  # False on the not_chosen smallest candidates
+    return keep & candidates
+
+
+def drop_and_grow_(masks: MaskSet, drop_fraction: float, grow: str, seed: int) -> int:
+    """One SET/RigL update in place; returns how many weights moved. ``grow``: ``random`` or ``gradient``."""
+    moved = 0
+    generator = torch.Generator().manual_seed(seed)
+    for i, (target, mask) in enumerate(zip(masks.targets, masks.masks)):
+        active = int(mask.sum())
+        count = round(drop_fraction * active)
+        if count == 0:
+            continue
+        weight = target.param.detach()
+        magnitude = weight.abs().float()
+        ranked = torch.where(mask, magnitude, torch.full_like(magnitude, _EXCLUDED))
+        kept = mask & smallest_magnitude_masks([ranked], count)[0]  # the count smallest active ones dropped
+        if grow == "gradient":
+            if target.param.grad is None:
+                raise ValueError(f"RigL needs the gradient of {target.name!r} at its update step")
+            scores = target.param.grad.detach().abs().float()
+        else:
+            scores = torch.rand(weight.shape, generator=generator).to(weight.device)
+        grown = _choose_largest(scores, ~kept, count)
+        new_mask = kept | grown
+        weight.masked_fill_(grown, 0.0)  # regrown weights start at zero, even a just-dropped one
+        masks.set_(i, new_mask)
+        moved += count
+    masks.apply_()
+    return moved
+
+
+def apply_dst_event(event: MaskEvent, masks: MaskSet) -> None:
+    """Carry out a ``dst_init``, ``set_update`` or ``rigl_update`` event on ``masks`` (weights zeroed)."""
+    if event.kind == "dst_init":
+        counts = per_tensor_counts([t.shape for t in masks.targets], event.sparsity, event.distribution)
+        for i, mask in enumerate(random_masks([t.param for t in masks.targets], counts, event.seed)):
+            masks.set_(i, mask)
+        masks.apply_()
+    elif event.kind in ("set_update", "rigl_update"):
+        drop_and_grow_(masks, event.drop_fraction, "gradient" if event.kind == "rigl_update" else "random", event.seed)
+    else:
+        raise ValueError(f"event kind {event.kind!r} is not a SET/RigL event")
