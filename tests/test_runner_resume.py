@@ -27,6 +27,7 @@ GPMT_STAGES = [
 ]
 SGAP_STAGES = [{"kind": "sgap", "sparsity": 0.8, "partitions": {"scheme": "layers", "kappa": 2}, "epochs_per_step": 3,
                 "rounds": 1, "finetune_epochs": 2, "distribution": "non-uniform"}]
+RIGL_STAGES = [{"kind": "rigl", "sparsity": 0.8, "epochs": 6, "update_every": 7}]
 PGAP_STAGES = [{"kind": "pgap", "sparsity": 0.8, "partitions": {"scheme": "blocks", "kappa": 2}, "epochs_per_step": 3,
                 "rounds": 2, "finetune_epochs": 1}]
 
@@ -75,13 +76,18 @@ def _mid_gap_step(p):  # inside the second S-GaP step (epochs 3-5), after its fi
     return p["epoch"] == 4
 
 
+def _mid_rigl(p):  # RigL updates happen mid-epoch; the checkpoint after epoch 3 sits between two of them
+    return p["epoch"] == 3
+
+
 def _mid_pgap_worker(p):  # round 2, worker 1 has trained one of its three epochs
     return p["pgap"] is not None and p["pgap"]["round"] == 1 and p["pgap"]["worker"] == 1 and p["epoch"] == 4
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stages, kill_when", [(GPMT_STAGES, _mid_finetune), (SGAP_STAGES, _mid_gap_step),
-                                               (PGAP_STAGES, _mid_pgap_worker)], ids=["gpmt", "sgap", "pgap"])
+                                               (PGAP_STAGES, _mid_pgap_worker), (RIGL_STAGES, _mid_rigl)],
+                         ids=["gpmt", "sgap", "pgap", "rigl"])
 def test_resume_after_sigkill_is_bit_identical(tmp_path, stages, kill_when):
     reference_cfg, killed_cfg = _config(tmp_path, "reference", stages), _config(tmp_path, "killed", stages)
     reference = _launch(reference_cfg, "fresh")
