@@ -31,13 +31,29 @@ Timings need an otherwise idle machine: ours runs ~10^3 small torch ops (1 MiB c
 OpenMP parallel region, and with the default spin-waiting OpenMP workers it slows down by one to two
 orders of magnitude when other processes compete for the cores. The load average is printed.
 
+Size-scaling mode (``--scaling``): how each method's cost grows with the number of weights, on a
+Transformer-big-like stack built by arithmetic (no module): per layer the four 1024x1024 attention
+projections, fc1 4096x1024 and fc2 1024x4096 (12,582,912 weights), random normal with
+std = 1/sqrt(fan_in), float32, seeded; the first 2, 4 and 8 layers of the same stack give
+25,165,824, 50,331,648 and 100,663,296 weights. For each size, in one process, it measures ours,
+``torch.sort`` of the concatenated |w| (values and indices; the first k sorted indices are
+pruned), and ``global_unstructured`` (skipped, with the reason printed, at sizes where its
+predicted peak would not fit in ``MemAvailable``, and above 50M weights with ``--quick``). The
+magnitudes of a normal float32 draw of 10^8 values are not all distinct, and a tie straddling
+the k-th position would let the methods legitimately pick different elements; so before a
+size is measured, any weights tied with its k-th smallest magnitude beyond the ones pruned are
+moved up by one ulp (the count is printed), which makes the pruned set unique without changing
+ours' masks. It prints one table (time, time per million weights, peak extra memory, ratios vs
+ours) and the growth of each method's time and memory from size to size.
+
 Usage: ``.venv/bin/python bench/selection.py [--sparsity 0.9] [--repeats 5] [--slow-repeats 3]
-[--threads N] [--quick]``
+[--threads N] [--quick] [--scaling [--layers 2 4 8]]``
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -58,6 +74,7 @@ from _measure import (  # bench/ is sys.path[0]
     Timing,
     median_time,
     peak_extra_memory,
+    release_memory,
 )
 
 SPEED_TARGET = 50.0
@@ -177,6 +194,258 @@ def table(results: Sequence[Result], weight_bytes: int) -> str:
     return "\n".join(rows)
 
 
+# --- size scaling (--scaling) -------------------------------------------------------------------
+
+D_MODEL = 1024
+D_FFN = 4096
+LAYER_SHAPES = (
+    ("self_attn.q_proj", (D_MODEL, D_MODEL)),
+    ("self_attn.k_proj", (D_MODEL, D_MODEL)),
+    ("self_attn.v_proj", (D_MODEL, D_MODEL)),
+    ("self_attn.out_proj", (D_MODEL, D_MODEL)),
+    ("fc1", (D_FFN, D_MODEL)),
+    ("fc2", (D_MODEL, D_FFN)),
+)
+"""Weight matrices (out, in) of one Transformer-big-like layer: 12,582,912 weights."""
+
+GU_MEMORY_MARGIN = 1.25
+"""Safety factor on global_unstructured's predicted peak when deciding whether it fits."""
+
+GU_WEIGHTS_FACTOR = 16.0
+"""Predicted global_unstructured peak, in copies of the weights, when no smaller size was measured
+(the default mode measures about 14 at 25M weights)."""
+
+
+def transformer_random_weights(layers: int, seed: int = 0) -> list[tuple[str, torch.Tensor]]:
+    """``(name, weight)`` of ``layers`` Transformer-big-like layers, N(0, 1/fan_in), float32."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    weights = []
+    for layer in range(layers):
+        for name, shape in LAYER_SHAPES:
+            values = torch.randn(shape, generator=generator, dtype=torch.float32)
+            values.mul_(1.0 / math.sqrt(shape[1]))
+            weights.append((f"layers.{layer}.{name}.weight", values))
+    return weights
+
+
+def untie_kth(tensors: Sequence[torch.Tensor], k: int) -> int:
+    """Make the set of the k smallest magnitudes unique, in place; return how many weights moved.
+
+    Weights whose magnitude equals the k-th smallest one, beyond the ones that are pruned (ours
+    prunes the first ties in (tensor, flat index) order), are moved one ulp away from zero, so
+    that the k-th smallest magnitude is strictly below the (k+1)-th; ours' masks do not change.
+    """
+    threshold = find_threshold(tensors, k)
+    skip, moved = threshold.ties_pruned, 0
+    if threshold.ties_total == threshold.ties_pruned:
+        return 0
+    for tensor in tensors:
+        flat = tensor.view(-1)
+        positions = torch.nonzero(flat.abs() == threshold.value).squeeze(1)
+        if skip >= positions.numel():
+            skip -= positions.numel()
+            continue
+        positions, skip = positions[skip:], 0
+        values = flat[positions]
+        away = torch.nextafter(values.abs(), torch.tensor(math.inf))
+        flat[positions] = torch.copysign(away, values)
+        moved += positions.numel()
+    after = find_threshold(tensors, k)
+    if after.ties_total != after.ties_pruned:
+        raise RuntimeError("could not make the k-th smallest magnitude unique")
+    return moved
+
+
+def sort_masks(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """``torch.sort`` of the concatenated |w| (values and indices); the first k indices are pruned."""
+    magnitudes = torch.cat([t.reshape(-1) for t in tensors]).abs_()
+    values, order = torch.sort(magnitudes)
+    del magnitudes, values
+    keep = torch.ones(order.numel(), dtype=torch.bool)
+    keep[order[:k]] = False
+    del order
+    return [m.view(t.shape) for m, t in zip(keep.split([t.numel() for t in tensors]), tensors)]
+
+
+def mem_available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class ScalingRow:
+    total: int
+    k: int
+    result: Result
+    pruned: int
+    same_as_ours: bool | None  # None for ours itself
+
+
+def fmt_weights(total: int) -> str:
+    return f"{total / 1e6:.1f}M ({total:,})"
+
+
+def scaling_table(rows: Sequence[ScalingRow], ours_by_total: dict[int, Result]) -> str:
+    lines = [
+        "| size (weights) | method | timed runs | median time (s) | time per million weights (ms) "
+        "| peak extra memory (MiB) | × weights | time vs ours | memory vs ours | pruned = k, masks = ours |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        r, ref = row.result, ours_by_total[row.total]
+        weight_bytes = row.total * 4
+        is_ours = row.same_as_ours is None
+        time_ratio = "—" if is_ours else f"{r.timing.median_s / ref.timing.median_s:.1f}×"
+        memory_ratio = "—" if is_ours else f"{r.memory.peak_bytes / ref.memory.peak_bytes:.1f}×"
+        check = "yes" if row.pruned == row.k and row.same_as_ours in (None, True) else "NO"
+        lines.append(
+            f"| {fmt_weights(row.total)} | {r.method.name} | {len(r.timing.times_s)} "
+            f"| {r.timing.median_s:.3f} | {r.timing.median_s * 1e3 / (row.total / 1e6):.2f} "
+            f"| {r.memory.peak_bytes / MIB:.1f} | {r.memory.peak_bytes / weight_bytes:.2f} "
+            f"| {time_ratio} | {memory_ratio} | {check} |"
+        )
+    return "\n".join(lines)
+
+
+def growth_line(short: str, rows: Sequence[ScalingRow]) -> str | None:
+    """How time and memory grow from one measured size to the next, and the fitted exponent."""
+    mine = sorted((row for row in rows if row.result.method.short == short), key=lambda row: row.total)
+    if len(mine) < 2:
+        return None
+    steps_t, steps_m = [], []
+    for a, b in zip(mine, mine[1:]):
+        label = f"{a.total / 1e6:.0f}M→{b.total / 1e6:.0f}M"
+        steps_t.append(f"×{b.result.timing.median_s / a.result.timing.median_s:.2f} ({label})")
+        steps_m.append(f"×{b.result.memory.peak_bytes / a.result.memory.peak_bytes:.2f} ({label})")
+    xs = [math.log(row.total) for row in mine]
+
+    def exponent(ys: list[float]) -> float:
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+    time_exp = exponent([math.log(row.result.timing.median_s) for row in mine])
+    mem_exp = exponent([math.log(max(row.result.memory.peak_bytes, 1)) for row in mine])
+    return (
+        f"{mine[0].result.method.name}: time {', '.join(steps_t)}, fitted ~N^{time_exp:.2f}; "
+        f"peak memory {', '.join(steps_m)}, fitted ~N^{mem_exp:.2f}"
+    )
+
+
+def scaling_main(args: argparse.Namespace, repeats: int, slow_repeats: int, load_at_start: float) -> int:
+    layer_counts = sorted(set(args.layers))
+    gu_limit = 50_400_000 if args.quick else None  # --quick: global_unstructured up to 50M weights
+    print(machine_line())
+    available = mem_available_bytes()
+    print(
+        f"Weights: Transformer-big-like layers (d_model {D_MODEL}, FFN {D_FFN}; per layer 4 x "
+        f"{D_MODEL}x{D_MODEL} attention + {D_FFN}x{D_MODEL} fc1 + {D_MODEL}x{D_FFN} fc2 = "
+        f"{sum(math.prod(s) for _, s in LAYER_SHAPES):,} weights), N(0, 1/fan_in) float32, seed 0; "
+        f"layers {', '.join(map(str, layer_counts))}; sparsity {args.sparsity}; "
+        f"MemAvailable at start: {'unknown' if available is None else f'{available / MIB:,.0f} MiB'}"
+    )
+    all_weights = [w for _, w in transformer_random_weights(max(layer_counts), seed=0)]
+    per_layer = len(LAYER_SHAPES)
+
+    rows: list[ScalingRow] = []
+    ours_by_total: dict[int, Result] = {}
+    watched: list[tuple[str, OtherProcesses]] = []
+    notes: list[str] = []
+    correct = True
+    for layers in layer_counts:
+        tensors = all_weights[: layers * per_layer]
+        total = sum(t.numel() for t in tensors)
+        weight_bytes = total * 4
+        k = count_for(total, args.sparsity)
+        moved = untie_kth(tensors, k)
+        notes.append(
+            f"{fmt_weights(total)}: {layers} layers, k = {k:,}; weights moved one ulp to untie the "
+            f"k-th magnitude: {moved}"
+        )
+        methods = [
+            Method("ours", "ours: smallest_magnitude_masks", ours, lambda: (tensors, k), repeats),
+            Method("sort", "torch.sort of torch.cat of all abs(w)", sort_masks, lambda: (tensors, k), slow_repeats),
+        ]
+        gu = Method(
+            "global_unstructured",
+            "torch prune.global_unstructured (L1Unstructured)",
+            torch_global_unstructured,
+            lambda: (weight_holders(tensors), args.sparsity),
+            slow_repeats,
+            to_masks=lambda modules: [m.weight_mask.bool() for m in modules],
+        )
+        if gu_limit is not None and total > gu_limit:
+            notes.append(f"{fmt_weights(total)}: global_unstructured skipped (--quick measures it up to 50M weights)")
+        else:
+            previous = [row for row in rows if row.result.method.short == "global_unstructured"]
+            if previous:
+                last = max(previous, key=lambda row: row.total)
+                predicted = last.result.memory.peak_bytes * total / last.total
+            else:
+                predicted = GU_WEIGHTS_FACTOR * weight_bytes
+            needed = GU_MEMORY_MARGIN * predicted + weight_bytes  # + the cloned weights its modules hold
+            release_memory()
+            available = mem_available_bytes()
+            if available is not None and needed > available:
+                notes.append(
+                    f"{fmt_weights(total)}: global_unstructured skipped: predicted to need "
+                    f"{needed / MIB:,.0f} MiB, MemAvailable is {available / MIB:,.0f} MiB"
+                )
+            else:
+                methods.append(gu)
+        results = []
+        for method in methods:
+            print(f"{total / 1e6:.1f}M weights: measuring {method.name} ...", file=sys.stderr, flush=True)
+            results.append(measure(method))
+            watched.append((f"{method.short}@{total / 1e6:.0f}M", results[-1].others))
+        reference = results[0]
+        ours_by_total[total] = reference
+        for r in results:
+            pruned = pruned_count(r.masks)
+            same = None if r is reference else identical(r.masks, reference.masks)
+            correct = correct and pruned == k and same in (None, True)
+            rows.append(ScalingRow(total, k, replace(r, masks=[]), pruned, same))
+            if pruned != k:
+                notes.append(f"{fmt_weights(total)}: {r.method.name} pruned {pruned:,}, not k = {k:,}")
+        del results, reference
+        release_memory()
+
+    print()
+    print(scaling_table(rows, ours_by_total))
+    print()
+    for note in notes:
+        print(note)
+    print(
+        "Peak extra memory: resident high-water mark a call adds, its output included "
+        f"({rows[0].result.memory.how}); × weights is that over the float32 weights' size (4 bytes × size)."
+    )
+    print()
+    print("Growth with size (ratio of medians and of peaks between consecutive sizes; least-squares slope in log-log):")
+    for short in ("ours", "sort", "global_unstructured"):
+        line = growth_line(short, rows)
+        if line is not None:
+            print(f"- {line}")
+    print()
+    print(
+        f"Load average (1 min): {load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end. "
+        "Share of the CPUs used by other processes while measuring: "
+        + ", ".join(f"{name} {share(others)}" for name, others in watched)
+    )
+    disturbed = [name for name, others in watched if others.share is not None and others.share > DISTURBED]
+    if disturbed:
+        print(f"WARNING: other processes were busy during: {', '.join(disturbed)}; those timings are unreliable")
+    if not correct:
+        print("ERROR: a method did not prune exactly k weights, or masks differ from ours", file=sys.stderr)
+        return 1
+    print("All methods pruned exactly k weights with masks identical to ours at every size.")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sparsity", type=float, default=0.9, help="fraction of weights pruned (default 0.9)")
@@ -184,7 +453,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--slow-repeats", type=int, default=3, help="timed runs of global_unstructured (default 3)"
     )
-    parser.add_argument("--quick", action="store_true", help="3 and 1 timed runs (well under a minute)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 and 1 timed runs (well under a minute; with --scaling a few minutes, "
+        "global_unstructured up to 50M weights)",
+    )
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="cost vs model size on Transformer-big-like layers: ours, torch.sort, global_unstructured",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[2, 4, 8],
+        help="--scaling: numbers of 12.6M-weight layers to measure (default 2 4 8: 25M, 50M, 100M weights)",
+    )
     parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -193,6 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats, slow_repeats = args.repeats, args.slow_repeats
     if args.quick:
         repeats, slow_repeats = min(repeats, 3), 1
+    if args.scaling:
+        if min(args.layers) < 1:
+            parser.error("--layers must be >= 1")
+        return scaling_main(args, repeats, slow_repeats, load_at_start)
 
     tensors = [w for _, w in resnet50_random_weights(seed=0)]
     total = sum(t.numel() for t in tensors)
