@@ -137,7 +137,7 @@ def test_pgap_two_gloo_processes_equal_the_single_process_simulation(tmp_path):
     multi = _write(tmp_path, "multi", PGAP)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_port=29561", "-m", "sparsetrain", "run", str(multi)],
+                          "--standalone", "-m", "sparsetrain", "run", str(multi)],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rank 1 sent" in out.stdout + out.stderr or "merge: rank 0 sent" in out.stdout
@@ -158,7 +158,7 @@ def test_pgap_with_the_wrong_number_of_processes_is_refused(tmp_path):
     multi = _write(tmp_path, "three", PGAP)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=3",
-                          "--master_port=29562", "-m", "sparsetrain", "run", str(multi)],
+                          "--standalone", "-m", "sparsetrain", "run", str(multi)],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "P-GaP with kappa=2 needs 2 processes, got WORLD_SIZE=3" in out.stderr

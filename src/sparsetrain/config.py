@@ -55,7 +55,7 @@ class TaskConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    batch_size: int = Field(64, ge=1, description="training examples per optimizer step")
+    batch_size: int = Field(64, ge=1, description="training examples per optimizer step, over all processes")
     eval_batch_size: int = Field(512, ge=1)
     num_workers: int = Field(0, ge=0)
     drop_last: bool = False
@@ -219,6 +219,16 @@ class TrainingConfig(_Strict):
     progress: bool = True
 
 
+class DistributedConfig(_Strict):
+    """Settings that only matter under torchrun (WORLD_SIZE > 1)."""
+
+    masks: Literal["identical", "broadcast"] = Field(
+        "identical", description="every rank computes the masks, or rank 0 computes and broadcasts them; "
+        "either way they are compared by checksum at every mask event")
+    sync_batchnorm: Literal["auto", "on", "off"] = Field(
+        "auto", description="SyncBatchNorm under DDP: auto = on for CUDA (it does not run on CPU)")
+
+
 class TargetsConfig(_Strict):
     include: list[str] | None = Field(None, description="module types as 'nn.Linear' or parameter-name regexes")
     exclude: list[str] | None = None
@@ -247,6 +257,7 @@ class RunConfig(_Strict):
     lr_schedule: LRScheduleConfig = LRScheduleConfig()
     training: TrainingConfig = TrainingConfig()
     targets: TargetsConfig = TargetsConfig()
+    distributed: DistributedConfig = DistributedConfig()
     init: InitConfig = InitConfig()
     stages: list[Stage] = Field(min_length=1)
 

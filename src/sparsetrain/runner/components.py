@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig, LRScheduleConfig, OptimizerConfig
 from .lr_schedules import LRSchedule
@@ -81,11 +81,31 @@ def derived_seed(*parts: int) -> int:
     return value
 
 
-def epoch_loader(dataset: Dataset, config: DataConfig, seed: int, epoch: int, stream: int = 0) -> DataLoader:
-    """The training batches of global epoch ``epoch``; their order depends only on (seed, epoch, stream)."""
+def epoch_batches(num_examples: int, config: DataConfig, seed: int, epoch: int, stream: int = 0, rank: int = 0,
+                  world_size: int = 1) -> tuple[list[list[int]], list[int]]:
+    """This rank's share of every global batch of epoch ``epoch``, and each global batch's size.
+
+    The global batches are consecutive slices of one permutation that depends only on
+    (seed, epoch, stream); under data parallelism rank ``r`` takes the r-th of ``world_size``
+    near-equal contiguous parts of each, so the union over ranks is the single-process batch.
+    """
     generator = torch.Generator().manual_seed(derived_seed(seed, epoch, stream))
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=RandomSampler(dataset, generator=generator),
-                      num_workers=config.num_workers, drop_last=config.drop_last)
+    order = torch.randperm(num_examples, generator=generator).tolist()
+    step = config.batch_size
+    stop = num_examples - num_examples % step if config.drop_last else num_examples
+    shards, sizes = [], []
+    for start in range(0, stop, step):
+        batch = order[start : start + step]
+        base, extra = divmod(len(batch), world_size)
+        begin = rank * base + min(rank, extra)
+        shards.append(batch[begin : begin + base + (rank < extra)])
+        sizes.append(len(batch))
+    return shards, sizes
+
+
+def epoch_loader(dataset: Dataset, config: DataConfig, shards: list[list[int]]) -> DataLoader:
+    """Batches ``shards`` (lists of example indices) of ``dataset``, loaded by ``config.num_workers`` workers."""
+    return DataLoader(dataset, batch_sampler=shards, num_workers=config.num_workers)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:

@@ -49,6 +49,14 @@ def broadcast_merge_(state: dict[str, torch.Tensor], owners: dict[str, int], ran
     return sent
 
 
+def broadcast_masks_(masks: list[torch.Tensor]) -> None:
+    """Overwrite every rank's masks with rank 0's (sent as uint8: collectives do not take bool)."""
+    for mask in masks:
+        as_bytes = mask.to(torch.uint8)
+        dist.broadcast(as_bytes, src=0)
+        mask.copy_(as_bytes.bool())
+
+
 def check_same_on_all_ranks(value: int, what: str, device: torch.device) -> None:
     """Raise if ``value`` (e.g. a mask checksum) differs between ranks."""
     mine = torch.tensor([value], dtype=torch.int64, device=device)

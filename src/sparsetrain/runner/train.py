@@ -53,6 +53,7 @@ from .components import (
     build_lr_schedule,
     build_optimizer,
     derived_seed,
+    epoch_batches,
     epoch_loader,
     parse_selectors,
     resolve_device,
@@ -61,6 +62,7 @@ from .components import (
 )
 from .distributed import (
     DistContext,
+    broadcast_masks_,
     broadcast_merge_,
     check_same_on_all_ranks,
     init_from_environment,
@@ -105,6 +107,7 @@ class _Run:
         self.forward_flops = target_forward_flops(self.model, self.targets, self.task.train_set[0][0])
         self.timeline = resolve_timeline(config, self.targets, len(self.task.train_set))
         self.dist: DistContext | None = None
+        self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, when data-parallel
         self.eval_loader = DataLoader(self.task.test_set, batch_size=config.data.eval_batch_size)
         self.sparsifier: Sparsifier | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -221,6 +224,12 @@ class _Run:
         else:
             apply_gap_event(event, self.masks(), [p.target_indices for p in span.partitions])
         masks = self.masks()
+        if self.dist is not None:  # masks are computed on every rank; make sure they agree
+            if self.config.distributed.masks == "broadcast":
+                broadcast_masks_(masks.masks)
+                masks.apply_()
+            check_same_on_all_ranks(masks.checksum(), f"mask checksum after {event.kind} at step {self.step}",
+                                    self.device)
         if self.optimizer is not None and not event.resets_optimizer:
             masks.mask_optimizer_state_(self.optimizer)
         self.events_applied += 1
@@ -261,21 +270,28 @@ class _Run:
         segment_start_step = segment.start_epoch * self.timeline.steps_per_epoch
         training = self.config.training
         autocast = autocast_context(training.amp, self.device)
-        loader = epoch_loader(self.task.train_set, self.config.data, self.config.seed, epoch, stream)
+        rank, world = (self.dist.rank, self.dist.world_size) if self.ddp is not None else (0, 1)
+        shards, global_sizes = epoch_batches(len(self.task.train_set), self.config.data, self.config.seed, epoch,
+                                             stream, rank, world)
+        loader = epoch_loader(self.task.train_set, self.config.data, shards)
         batches = _progress(loader, f"stage {span.index} {span.kind} epoch {epoch - span.start_epoch + 1}/{span.epochs}",
                             training.progress and self.is_main)
+        network = self.ddp if self.ddp is not None else self.model
         self.model.train()
         loss_sum, seen, lr = 0.0, 0, 0.0
-        for inputs, labels in batches:
+        for (inputs, labels), global_size in zip(batches, global_sizes):
             if self.next_event_step() == self.step:
                 self.apply_due_events(span)
             lr = schedule.lr_at(self.step - segment_start_step if per_iteration else epoch - segment.start_epoch)
             set_lr(self.optimizer, lr)
             inputs, labels = inputs.to(self.device), labels.to(self.device)
             with autocast:
-                loss = self.task.loss(self.model(inputs), labels, training.label_smoothing)
+                loss = self.task.loss(network(inputs), labels, training.label_smoothing)
+            # DDP averages gradients over ranks; weighting each rank's mean by its share of the global
+            # batch makes that average the gradient of the global batch's mean, even for uneven shards.
+            share = labels.numel() * world / global_size
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss * share if world > 1 else loss).backward()
             if self.next_event_step() == self.step:
                 self.apply_due_events(span, after_backward=True)  # e.g. RigL, which needs this step's gradients
             if training.grad_clip is not None:
@@ -286,7 +302,7 @@ class _Run:
             if self.sparsifier is not None:
                 self.sparsifier.step(self.optimizer)
             self.step += 1
-            self.train_flops += self.flops_per_example * labels.numel()
+            self.train_flops += self.flops_per_example * global_size
             loss_value = float(loss.detach())
             loss_sum += loss_value * labels.numel()
             seen += labels.numel()
@@ -377,6 +393,25 @@ class _Run:
             return  # rank 0 alone fine-tunes the merged model
         self.train_stage(span)
 
+    def setup_data_parallel(self) -> None:
+        """Under torchrun without a P-GaP stage: wrap the model in DistributedDataParallel."""
+        if self.dist is None or any(span.kind == "pgap" for span in self.timeline.stages):
+            return
+        world = self.dist.world_size
+        if self.config.data.batch_size < world:
+            raise ValueError(f"data.batch_size={self.config.data.batch_size} is the global batch; it must be at "
+                             f"least WORLD_SIZE={world}")
+        has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        sync = self.config.distributed.sync_batchnorm
+        if has_batchnorm and (sync == "on" or (sync == "auto" and self.device.type == "cuda")):
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # parameters are the same objects
+        elif has_batchnorm:
+            self.log(f"note: BatchNorm statistics are computed per rank ({world} ranks); "
+                     "SyncBatchNorm needs CUDA (distributed.sync_batchnorm)")
+        device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+        self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.log(f"data parallel over {world} processes: global batch {self.config.data.batch_size}")
+
     def run(self) -> RunResult | None:
         for span in self.timeline.stages[self.stage_index:]:
             if span.kind == "prune":
@@ -389,7 +424,7 @@ class _Run:
                     return None
             else:
                 self.train_stage(span)
-        return self.finish()
+        return self.finish() if self.is_main else None
 
     def finish(self) -> RunResult:
         masks = self.sparsifier.masks if self.sparsifier else None
@@ -447,6 +482,7 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
     state.dist = init_from_environment(state.device)
     if not state.is_main:
         state.log = lambda line: None
+    state.setup_data_parallel()
     state.dir.mkdir(parents=True, exist_ok=True)
     if resume:
         if not (state.dir / CHECKPOINT).is_file():
