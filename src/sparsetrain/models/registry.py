@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 from torch import nn
 
 from sparsetrain.options import check_options, keyword_options
+from sparsetrain.models.mobilenet import MobileNetV1
 from sparsetrain.models.resnet import ResNet, resnet18, resnet34, resnet50
 from sparsetrain.models.small_resnet import SmallResNet, small_resnet
+from sparsetrain.models.wide_resnet import WideResNet
 
 ModelBuilder = Callable[..., nn.Module]
 _Builder = TypeVar("_Builder", bound=ModelBuilder)
@@ -75,11 +77,34 @@ def _resnet_builder(name: str, factory: Callable[..., ResNet]) -> ModelBuilder:
     return build
 
 
+def _wide_resnet_builder(name: str) -> ModelBuilder:
+    def build(
+        *, input_shape: Sequence[int], num_classes: int, depth: int = 28, widen_factor: int = 8, drop_rate: float = 0.3
+    ) -> WideResNet:
+        return WideResNet(depth=depth, widen_factor=widen_factor, num_classes=num_classes, drop_rate=drop_rate,
+                          in_channels=_image_channels(name, input_shape))
+
+    build.__name__ = f"build_{name}"
+    build.__doc__ = ("GPMT-reference :class:`~sparsetrain.models.wide_resnet.WideResNet` (defaults: WRN-28-8, "
+                     "dropout 0.3); ``in_channels`` from ``input_shape``, which must be (C, H, W).")
+    return build
+
+
+def build_mobilenet_v1(*, input_shape: Sequence[int], num_classes: int, width_mult: float = 1.0) -> MobileNetV1:
+    """STR/GPMT-layout :class:`~sparsetrain.models.mobilenet.MobileNetV1`; ``in_channels`` from
+    ``input_shape``, which must be (C, H, W)."""
+    return MobileNetV1(num_classes=num_classes, width_mult=width_mult,
+                       in_channels=_image_channels("mobilenet_v1", input_shape))
+
+
 MODELS: dict[str, ModelBuilder] = {
     "small_resnet": build_small_resnet,
     "resnet18": _resnet_builder("resnet18", resnet18),
     "resnet34": _resnet_builder("resnet34", resnet34),
     "resnet50": _resnet_builder("resnet50", resnet50),
+    "wrn28_8": _wide_resnet_builder("wrn28_8"),
+    "wide_resnet": _wide_resnet_builder("wide_resnet"),
+    "mobilenet_v1": build_mobilenet_v1,
 }
 
 
