@@ -17,6 +17,7 @@ from torch import nn
 
 from sparsetrain.options import check_options, keyword_options
 from sparsetrain.models.mobilenet import MobileNetV1
+from sparsetrain.models.mlp import build_mlp
 from sparsetrain.models.resnet import ResNet, resnet18, resnet34, resnet50
 from sparsetrain.models.small_resnet import SmallResNet, small_resnet
 from sparsetrain.models.wide_resnet import WideResNet
@@ -105,6 +106,7 @@ MODELS: dict[str, ModelBuilder] = {
     "wrn28_8": _wide_resnet_builder("wrn28_8"),
     "wide_resnet": _wide_resnet_builder("wide_resnet"),
     "mobilenet_v1": build_mobilenet_v1,
+    "mlp": build_mlp,
 }
 
 
