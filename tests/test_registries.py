@@ -72,9 +72,9 @@ def test_dataset_options_in_signature_order():
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(ValueError, match=r"^dataset 'foo' is not one of: digits, mnist1d, npz$"):
+    with pytest.raises(ValueError, match=r"^dataset 'foo' is not one of: cifar10, digits, imagenet, mnist1d, npz$"):
         load_dataset("foo")
-    with pytest.raises(ValueError, match=r"^dataset 'foo' is not one of: digits, mnist1d, npz$"):
+    with pytest.raises(ValueError, match=r"^dataset 'foo' is not one of: cifar10, digits, imagenet, mnist1d, npz$"):
         dataset_options("foo")
 
 
@@ -109,7 +109,7 @@ def test_register_dataset_as_function_and_decorator(restore_registries):
     needs_root = r"^dataset 'fake_on_disk' needs option 'root' \(options: root, seed\)$"
     with pytest.raises(ValueError, match=needs_root):
         load_dataset("fake_on_disk")
-    names = r"is not one of: digits, fake_decorated, fake_on_disk, mnist1d, npz$"
+    names = r"is not one of: cifar10, digits, fake_decorated, fake_on_disk, imagenet, mnist1d, npz$"
     with pytest.raises(ValueError, match=names):
         load_dataset("nope")
 

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sparsetrain.options import check_options, keyword_options
+from sparsetrain.data.cifar10 import load_cifar10_split
 from sparsetrain.data.digits import ClassificationSplit, load_digits_split
+from sparsetrain.data.imagenet import load_imagenet_split
 from sparsetrain.data.mnist1d import load_mnist1d_split
 from sparsetrain.data.npz import load_npz_split
 
@@ -21,7 +23,9 @@ DatasetLoader = Callable[..., ClassificationSplit]
 _Loader = TypeVar("_Loader", bound=DatasetLoader)
 
 DATASETS: dict[str, DatasetLoader] = {
+    "cifar10": load_cifar10_split,
     "digits": load_digits_split,
+    "imagenet": load_imagenet_split,
     "mnist1d": load_mnist1d_split,
     "npz": load_npz_split,
 }
