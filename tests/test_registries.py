@@ -184,7 +184,7 @@ def test_build_model_defaults_and_other_channel_counts():
 
 
 def test_unknown_model_name():
-    with pytest.raises(ValueError, match=r"^model 'resnet9000' is not one of: mobilenet_v1, resnet18, resnet34, resnet50, small_resnet, wide_resnet, wrn28_8$"):
+    with pytest.raises(ValueError, match=r"^model 'resnet9000' is not one of: mlp, mobilenet_v1, resnet18, resnet34, resnet50, small_resnet, wide_resnet, wrn28_8$"):
         build_model("resnet9000", input_shape=(1, 40), num_classes=10)
 
 
