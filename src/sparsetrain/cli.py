@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("plan", help="print the schedule of a config without training")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--gpu-tflops", type=float, default=60.0,
+                   help="effective training throughput of one GPU for the GPU-hours estimate (default %(default)s)")
 
     p = commands.add_parser("eval", help="evaluate a checkpoint: top-1 and per-layer sparsity")
     p.add_argument("checkpoint", help="run checkpoint, plain state dict, {'state_dict': ...} or module.-prefixed")
@@ -80,18 +82,43 @@ def _run(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .data.registry import dataset_facts
+    from .models.registry import build_model
     from .runner.components import parse_selectors
+    from .runner.flops import TRAINING_PASSES, target_forward_flops
     from .runner.timeline import format_plan
     from .runner.train import resolve_timeline
     from .sparsity import select_targets
     from .tasks import build_task
 
-    config = load_config(args.config, args.overrides)
-    task = build_task(config.task)
-    targets = select_targets(task.build_model(), parse_selectors(config.targets.include),
-                             parse_selectors(config.targets.exclude))
-    timeline = resolve_timeline(config, targets, len(task.train_set))
+    config = load_config(args.config, args.overrides, check_files=False)
+    dataset = config.task.dataset
+    facts = dataset_facts(dataset.name, **dataset.options)
+    if facts is not None:  # a dataset on disk: lay the run out from its known size, without reading it
+        num_train, _, input_shape, num_classes = facts
+        model = build_model(config.task.model.name, input_shape=input_shape, num_classes=num_classes,
+                            **config.task.model.options)
+        example = None
+    else:
+        task = build_task(config.task)
+        num_train, input_shape, model = len(task.train_set), task.input_shape, task.build_model()
+        example = task.train_set[0][0]
+    targets = select_targets(model, parse_selectors(config.targets.include), parse_selectors(config.targets.exclude))
+    timeline = resolve_timeline(config, targets, num_train)
     print(format_plan(timeline, config, [t.shape for t in targets]))
+    import torch
+
+    flops = target_forward_flops(model, targets, example if example is not None else torch.zeros(input_shape))
+    epochs = sum(span.epochs + ((span.gap.kappa - 1) * span.gap.gap_epochs if span.kind == "pgap" else 0)
+                 for span in timeline.stages)
+    examples = num_train * epochs
+    total = examples * TRAINING_PASSES * sum(flops)
+    hours = total / (args.gpu_tflops * 1e12) / 3600
+    print(f"\ncompute: {epochs} epochs of {num_train:,} examples (P-GaP workers counted one by one), "
+          f"{TRAINING_PASSES * sum(flops) / 1e9:.3g} GFLOPs per training example (conv/linear layers, dense: "
+          f"unstructured sparsity does not speed up dense kernels) = {total:.3g} FLOPs; about {hours:,.3g} "
+          f"GPU-hours at {args.gpu_tflops:g} effective TFLOP/s (--gpu-tflops; about an A100 training ResNet-50 "
+          "with AMP)")
     return 0
 
 

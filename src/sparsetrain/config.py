@@ -19,11 +19,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message is one line."""
+
+
+def _checks_files(info: ValidationInfo) -> bool:
+    """Whether validation checks that data paths and checkpoints exist (``plan`` does not need them)."""
+    return not (info.context or {}).get("skip_file_checks", False)
 
 
 class _Strict(BaseModel):
@@ -36,10 +41,11 @@ class DatasetConfig(_Strict):
 
     @field_validator("options")
     @classmethod
-    def _data_paths_exist(cls, options: dict[str, Any]) -> dict[str, Any]:
-        for key in ("path", "root"):
-            if key in options and not Path(str(options[key])).exists():
-                raise ValueError(f"data {key} {str(options[key])!r} does not exist")
+    def _data_paths_exist(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if _checks_files(info):
+            for key in ("path", "root"):
+                if key in options and not Path(str(options[key])).exists():
+                    raise ValueError(f"data {key} {str(options[key])!r} does not exist")
         return options
 
 
@@ -218,6 +224,11 @@ class TrainingConfig(_Strict):
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the end always saves)")
     progress: bool = True
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
 
 class DistributedConfig(_Strict):
     """Settings that only matter under torchrun (WORLD_SIZE > 1)."""
@@ -227,6 +238,11 @@ class DistributedConfig(_Strict):
         "either way they are compared by checksum at every mask event")
     sync_batchnorm: Literal["auto", "on", "off"] = Field(
         "auto", description="SyncBatchNorm under DDP: auto = on for CUDA (it does not run on CPU)")
+
+    @field_validator("sync_batchnorm", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class TargetsConfig(_Strict):
@@ -239,8 +255,8 @@ class InitConfig(_Strict):
 
     @field_validator("checkpoint")
     @classmethod
-    def _exists(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).is_file():
+    def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and _checks_files(info) and not Path(value).is_file():
             raise ValueError(f"file {value!r} does not exist")
         return value
 
@@ -315,11 +331,12 @@ def _one_line(error: ValidationError, prefix: str = "") -> str:
     return f"{key}{shown}: {message}"
 
 
-def parse_config(raw: dict[str, Any]) -> RunConfig:
+def parse_config(raw: dict[str, Any], check_files: bool = True) -> RunConfig:
+    """Validate ``raw``; ``check_files=False`` skips the checks that data paths and checkpoints exist."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(raw).__name__}")
     try:
-        return RunConfig(**raw)
+        return RunConfig.model_validate(raw, context={"skip_file_checks": not check_files})
     except ValidationError as err:
         raise ConfigError(_one_line(err)) from None
 
@@ -354,7 +371,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             raise ConfigError(f"override key {where!r}: {'.'.join(parts[:depth])!r} holds a value, not a section")
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_files: bool = True) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -367,7 +384,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     raw = copy.deepcopy(raw)
     for assignment in overrides:
         apply_override(raw, assignment)
-    return parse_config(raw)
+    return parse_config(raw, check_files)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -73,3 +73,20 @@ def _lookup(name: str) -> DatasetLoader:
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"dataset {name!r} is not one of: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
+
+
+# Sizes of the datasets read from disk, so that ``sparsetrain plan`` can lay out a paper-scale run
+# on a machine that does not hold the data: (train examples, test examples, classes).
+DATASET_FACTS: dict[str, tuple[int, int, int]] = {
+    "imagenet": (1_281_167, 50_000, 1000),
+    "cifar10": (50_000, 10_000, 10),
+}
+
+
+def dataset_facts(name: str, **options: Any) -> tuple[int, int, tuple[int, ...], int] | None:
+    """``(train size, test size, input shape, classes)`` of a dataset known without reading it, else None."""
+    if name not in DATASET_FACTS:
+        return None
+    train, test, classes = DATASET_FACTS[name]
+    side = int(options.get("image_size", 224)) if name == "imagenet" else 32
+    return train, test, (3, side, side), classes
