@@ -124,3 +124,30 @@ def test_demo_on_tiny_configs(tmp_path, capsys):
 def test_python_dash_m_version():
     out = subprocess.run([sys.executable, "-m", "sparsetrain", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("sparsetrain ")
+
+
+def test_eval_reads_both_seed_checkpoint_formats(tmp_path, tiny_config, capsys):
+    """GaP: a {'state_dict': module.-prefixed, 'epoch', ...} dict with zeros; GPMT: prunedmodel.pth.tar
+    ({'state_dict': plain keys}) plus weight_mask.npy in modules() order."""
+    from sparsetrain.interop.gpmt_files import write_weight_mask_npy
+
+    run_dir = tmp_path / "run"
+    assert main(["run", str(tiny_config), f"output_dir={run_dir}"]) == 0
+    capsys.readouterr()
+    state = torch.load(run_dir / "model_final.pt", weights_only=True)
+    gap = tmp_path / "gap_checkpoint.pth.tar"
+    torch.save({"epoch": 3, "arch": "small_resnet", "best_prec1": 50.0, "optimizer": {},
+                "state_dict": {f"module.{k}": v for k, v in state.items()}}, gap)
+    gpmt = tmp_path / "prunedmodel.pth.tar"
+    torch.save({"state_dict": state}, gpmt)
+    names = [k for k, v in state.items() if k.endswith("weight") and v.dim() > 1]  # conv/linear, modules() order
+    write_weight_mask_npy(tmp_path / "weight_mask.npy", [(state[k] != 0).float() for k in names])
+    outputs = []
+    for argv in (["eval", str(gap), "--config", str(tiny_config)],
+                 ["eval", str(gpmt), "--config", str(tiny_config), "--masks", str(tmp_path / "weight_mask.npy")]):
+        assert main(argv) == 0
+        outputs.append(capsys.readouterr().out)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for out in outputs:
+        assert f"top-1 {summary['final']['test_top1']:.2f}%" in out
+    assert f"sparsity {summary['sparsity']:.4f}; weights non-zero where the masks prune: 0" in outputs[1]

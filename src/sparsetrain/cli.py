@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("eval", help="evaluate a checkpoint: top-1 and per-layer sparsity")
     p.add_argument("checkpoint", help="run checkpoint, plain state dict, {'state_dict': ...} or module.-prefixed")
     p.add_argument("--config", required=True, help="the config that defines task, model and targets")
+    p.add_argument("--masks", help="a mask list in modules() order (the GPMT reference's weight_mask.npy, or "
+                   "our torch mask file): report its sparsity and check the weights are zero where it prunes")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
     p = commands.add_parser("report", help="write report.md and plots for a run directory")
@@ -142,6 +144,14 @@ def _eval(args: argparse.Namespace) -> int:
     masks = MaskSet.from_nonzero(targets, model_numel=parameter_count(model))
     with torch.no_grad():
         metrics = task.evaluate(model, DataLoader(task.test_set, batch_size=config.data.eval_batch_size), device)
+    if args.masks:
+        from .interop.gpmt_files import load_mask_list
+
+        given = MaskSet(targets, load_mask_list(args.masks), model_numel=parameter_count(model))
+        revived = sum(int(torch.count_nonzero(t.param.detach()[~m.to(t.param.device)]))
+                      for t, m in zip(targets, given.masks))
+        print(f"masks {args.masks}: sparsity {given.sparsity():.4f}; weights non-zero where the masks prune: "
+              f"{revived}")
     print(masks.format_table())
     print(f"top-1 {metrics['test_top1']:.2f}%  loss {metrics['test_loss']:.4f}  "
           f"sparsity {masks.sparsity():.4f} (targets), {masks.sparsity_over_parameters():.4f} (all parameters)")
