@@ -161,8 +161,9 @@ class _Run:
         self.flops_per_example = training_flops_per_example(
             self.forward_flops, self.sparsifier.masks if self.sparsifier else None)
         self.history, self.events, self.elapsed_before = state["history"], state["events"], state["elapsed"]
-        rewrite_jsonl(self.dir / "metrics.jsonl", self.history)
-        rewrite_jsonl(self.dir / "events.jsonl", self.events)
+        if self.is_main:  # drop what was logged after the checkpoint
+            rewrite_jsonl(self.dir / "metrics.jsonl", self.history)
+            rewrite_jsonl(self.dir / "events.jsonl", self.events)
         restore_rng_state(state["rng"])
         self.log(f"resumed {self.dir} at stage {self.stage_index}, epoch {self.epoch}, step {self.step}")
 
