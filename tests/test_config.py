@@ -90,3 +90,10 @@ def test_npz_dataset_reads_user_arrays(tmp_path):
     np.savez(path, x_train=rng.normal(size=(20, 2, 16)), y_train=rng.integers(0, 3, 20))
     with pytest.raises(ValueError, match="lacks array 'x_test'"):
         load_dataset("npz", path=str(path))
+
+
+def test_linear_lr_scaling_with_the_global_batch(config_file):
+    config = load_config(config_file, ["data.batch_size=1024", "optimizer.lr=0.1", "optimizer.lr_reference_batch=256"])
+    assert config.stage_optimizer(config.stages[0]).lr == pytest.approx(0.4)
+    assert config.stage_optimizer(config.stages[2]).lr == pytest.approx(0.04)  # the stage's own lr, scaled too
+    assert load_config(config_file).stage_optimizer(load_config(config_file).stages[0]).lr == 0.1

@@ -69,7 +69,10 @@ class DataConfig(_Strict):
 
 class OptimizerConfig(_Strict):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0, description="peak learning rate")
+    lr: float = Field(0.1, gt=0, description="peak learning rate for the global batch (see lr_reference_batch)")
+    lr_reference_batch: int | None = Field(
+        None, ge=1, description="if set, lr is given for this global batch and scales linearly to data.batch_size "
+        "(Goyal et al.'s rule): effective lr = lr * batch_size / lr_reference_batch")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
@@ -289,7 +292,12 @@ class RunConfig(_Strict):
         return self
 
     def stage_optimizer(self, stage: TrainingStage) -> OptimizerConfig:
-        return OptimizerConfig(**(self.optimizer.model_dump() | stage.optimizer))
+        """The stage's optimizer: top-level fields, the stage's overrides, then the batch-size LR scaling."""
+        merged = OptimizerConfig(**(self.optimizer.model_dump() | stage.optimizer))
+        if merged.lr_reference_batch is None:
+            return merged
+        return merged.model_copy(update={"lr": merged.lr * self.data.batch_size / merged.lr_reference_batch,
+                                         "lr_reference_batch": None})
 
     def stage_lr_schedule(self, stage: TrainingStage) -> LRScheduleConfig:
         return LRScheduleConfig(**(self.lr_schedule.model_dump() | stage.lr_schedule))
