@@ -5,6 +5,7 @@ Everything runs on tiny fake datasets written to ``tmp_path``: nothing is downlo
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from pathlib import Path
@@ -391,3 +392,25 @@ def test_geometric_transforms_and_tensor_conversion():
     assert composed.shape == (3, 8, 8)
     evaluated = imagenet_eval_transform(image_size=8, resize_size=10)(image)
     assert evaluated.shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("dataset", ["imagenet", "cifar10"])
+def test_one_epoch_end_to_end_through_the_runner(tmp_path: Path, imagenet_root: Path, cifar_root, dataset):
+    """The fake folders go through `sparsetrain run`: dense epoch, GP prune, fine-tune epoch, two workers."""
+    import yaml
+
+    from sparsetrain.cli import main
+
+    root = imagenet_root if dataset == "imagenet" else cifar_root[0]
+    options = {"root": str(root), **({"image_size": 16, "resize_size": 20} if dataset == "imagenet" else {})}
+    config = {"name": dataset, "output_dir": str(tmp_path / "run"), "seed": 0, "threads": 1,
+              "task": {"dataset": {"name": dataset, "options": options},
+                       "model": {"name": "small_resnet", "options": {"width": 4}}},
+              "data": {"batch_size": 4, "num_workers": 2}, "training": {"progress": False},
+              "stages": [{"kind": "dense", "epochs": 1}, {"kind": "prune", "method": "gp", "sparsity": 0.5},
+                         {"kind": "finetune", "epochs": 1}]}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path)]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["sparsity"] == round(0.5 * summary["target_numel"]) / summary["target_numel"]
