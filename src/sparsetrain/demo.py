@@ -1,9 +1,11 @@
 """``sparsetrain demo``: every config of ``configs/demo/`` through the runner, one results table.
 
 Each config is a whole, self-contained run on the embedded MNIST-1D data with the same epoch
-budget (20 epochs): the dense baseline trains 20 dense epochs; GP and GPMT at 0.8 and 0.9 train
-10 dense epochs (identical across rows: same seed and settings), prune once, and fine-tune 10
-epochs with the masks fixed. Every run can also be started alone with ``sparsetrain run``.
+budget (20 epochs of training): the dense baseline trains 20 dense epochs; GP and GPMT at 0.8 and
+0.9 train 10 dense epochs (identical across rows: same seed and settings), prune once, and
+fine-tune 10 epochs with the masks fixed; S-GaP (kappa 4, uniform and non-uniform) runs 5 steps of
+2 epochs from a random init and fine-tunes 10; P-GaP (kappa 4) runs one round of 4 workers x 2
+epochs and fine-tunes 12. Every run can also be started alone with ``sparsetrain run``.
 
 Why MNIST-1D with a width-8 ResNet: the dense model reaches about 98% test top-1, below 100%, and
 the pruned rows land visibly lower (about 90% at 0.9), so methods can be told apart; digits at
