@@ -104,3 +104,22 @@ def test_cuda_masks_match_cpu_masks():
     b = sparsetrain.prune(gpu, 0.9, method="gpmt", min_threshold=1.0)
     assert a.checksum() == b.checksum()
     assert all(m.is_cuda for m in b.masks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_enforce_equals_apply_then_mask_optimizer_state(dtype):
+    results = []
+    for fused in (False, True):
+        model = _model(seed=4, sizes=(9, 6, 4)).to(dtype)
+        masks = sparsetrain.prune(model, 0.5)
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        model(torch.randn(3, 9, dtype=dtype)).sum().backward()
+        opt.step()
+        if fused:
+            masks.enforce_(opt)
+        else:
+            masks.apply_()
+            masks.mask_optimizer_state_(opt)
+        results.append([p.detach().clone() for p in model.parameters()] +
+                       [v.clone() for p in model.parameters() for v in opt.state[p].values() if v.dim()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))

@@ -145,6 +145,23 @@ class MaskSet:
         if states:
             torch._foreach_mul_(states, masks)
 
+    @torch.no_grad()
+    def enforce_(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """``apply_()`` and ``mask_optimizer_state_(optimizer)`` in one go, for the training hot path.
+
+        Each bool mask is converted to the parameter's dtype once and multiplies the weight and
+        every same-shaped state tensor (bool multiplies cost twice as much as float ones).
+        """
+        for param, mask in zip(self.params, self.masks):
+            factor = mask.to(param.dtype)
+            param.mul_(factor)
+            state = optimizer.state.get(param) if optimizer is not None else None
+            if state:
+                for value in state.values():
+                    if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                        value.mul_(factor if value.dtype == factor.dtype and value.device == factor.device
+                                   else mask.to(device=value.device, dtype=value.dtype))
+
     # ---- reports -----------------------------------------------------------------------------
     def table(self) -> list[LayerSparsity]:
         rows = []

@@ -25,9 +25,7 @@ class Sparsifier:
 
     def step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Re-zero pruned weights (and, given ``optimizer``, their optimizer state)."""
-        self.masks.apply_()
-        if optimizer is not None:
-            self.masks.mask_optimizer_state_(optimizer)
+        self.masks.enforce_(optimizer)
 
     def state_dict(self) -> dict:
         return {"masks": self.masks.state_dict()}
