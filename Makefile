@@ -20,9 +20,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Quick modes (about 15 minutes in all on 2 cores); each script's --help shows the full mode.
 bench: $(STAMP)
-	$(BIN)/python bench/selection.py
-	$(BIN)/python bench/mask_events.py
+	$(BIN)/python bench/selection.py --quick
+	$(BIN)/python bench/selection.py --quick --scaling
+	$(BIN)/python bench/overhead.py --quick
+	$(BIN)/python bench/mask_events.py --quick
+	$(BIN)/python bench/throughput.py --quick
+	$(BIN)/python bench/quality.py --quick
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
