@@ -496,7 +496,10 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
         for name in ("metrics.jsonl", "events.jsonl"):
             (state.dir / name).write_text("")
     try:
-        return state.run()
+        result = state.run()
+        if state.ddp is not None:  # rank 0 writes the final files; let the others wait before teardown
+            torch.distributed.barrier()
+        return result
     finally:
         if state.dist is not None:
             shutdown_process_group()
