@@ -209,3 +209,27 @@ def peak_extra_memory(fn: Callable[..., Any], setup: Callable[[], tuple] = _no_s
     if _can_reset_peak():
         return _peak_in_process(fn, args)
     return _peak_in_child(fn, args)
+
+
+def machine_line() -> str:
+    """One line naming the CPU, cores, OS, Python, torch and its thread count."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"Machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"torch.get_num_threads()={torch.get_num_threads()}"
+    )
+
+
+def share(others: OtherProcesses) -> str:
+    """``others.share`` as a percentage, or ``unknown``."""
+    return "unknown" if others.share is None else f"{others.share:.0%}"

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _measure import OtherProcesses, median_time  # noqa: E402
+from _measure import OtherProcesses, median_time, share  # noqa: E402
 
 from sparsetrain.methods import MaskEvent, apply_dst_event, apply_gap_event  # noqa: E402
 from sparsetrain.models.registry import build_model  # noqa: E402
@@ -169,8 +169,7 @@ def main() -> None:
         resnet = build_model("resnet50", input_shape=(3, side, side), num_classes=1000)
         bench_model(f"ResNet-50 ({batch}x3x{side}x{side})", resnet, (3, side, side), batch, 1000, "resnet_stages",
                     None, args.sparsity, repeats, min_threshold=0.05)
-    share = "unknown" if others.share is None else f"{others.share:.0%}"
-    print(f"\nOther processes used {share} of the CPUs while this ran.")
+    print(f"\nOther processes used {share(others)} of the CPUs while this ran.")
 
 
 if __name__ == "__main__":

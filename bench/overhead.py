@@ -71,7 +71,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
@@ -85,7 +84,7 @@ from torch.ao.pruning import BaseSparsifier
 from torch.nn.utils import parametrize, prune
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _measure import OtherProcesses, median_time  # noqa: E402
+from _measure import OtherProcesses, machine_line, median_time  # noqa: E402
 
 import sparsetrain  # noqa: E402
 from sparsetrain.models.registry import build_model  # noqa: E402
@@ -382,18 +381,6 @@ def report(result: Result, rng: np.random.Generator) -> list[tuple[str, bool | N
                          f"{work[peer] * 1e3:.3f} ms): {how_work}; end to end, ours − {peer} per round: "
                          f"{statistics.median(diffs):+.2%} [{d_lo:+.2%}, {d_hi:+.2%}]: {how_e2e}"))
     return verdicts
-
-
-def machine_line() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"Machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}, "
-            f"torch.get_num_threads()={torch.get_num_threads()}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -69,6 +68,8 @@ from sparsetrain.models.reference_shapes import resnet50_random_weights
 from sparsetrain.sparsity import count_for, find_threshold, masks_from_threshold, smallest_magnitude_masks
 
 from _measure import (  # bench/ is sys.path[0]
+    machine_line,
+    share,
     MIB,
     MemoryPeak,
     OtherProcesses,
@@ -86,6 +87,18 @@ DISTURBED = 0.05
 
 
 # --- the three methods --------------------------------------------------------------------------
+
+
+def report_load(load_at_start: float, watched: list[tuple[str, OtherProcesses]]) -> None:
+    """Print the load average and other processes' CPU share per measurement; warn when disturbed."""
+    print(
+        f"Load average (1 min): {load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end. "
+        "Share of the CPUs used by other processes while measuring: "
+        + ", ".join(f"{name} {share(others)}" for name, others in watched)
+    )
+    disturbed = [name for name, others in watched if others.share is not None and others.share > DISTURBED]
+    if disturbed:
+        print(f"WARNING: other processes were busy during: {', '.join(disturbed)}; those timings are unreliable")
 
 
 def ours(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
@@ -149,24 +162,6 @@ def measure(method: Method) -> Result:
         memories = [peak_extra_memory(method.fn, method.setup) for _ in range(method.memory_repeats)]
     memory = max(memories, key=lambda m: m.peak_bytes)
     return Result(method, timing, memory, masks, others, tuple(m.peak_bytes for m in memories))
-
-
-def share(others: OtherProcesses) -> str:
-    return "unknown" if others.share is None else f"{others.share:.0%}"
-
-
-def machine_line() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"Machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"torch.get_num_threads()={torch.get_num_threads()}"
-    )
 
 
 def pruned_count(masks: Sequence[torch.Tensor]) -> int:
@@ -444,14 +439,7 @@ def scaling_main(args: argparse.Namespace, repeats: int, slow_repeats: int, load
         if line is not None:
             print(f"- {line}")
     print()
-    print(
-        f"Load average (1 min): {load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end. "
-        "Share of the CPUs used by other processes while measuring: "
-        + ", ".join(f"{name} {share(others)}" for name, others in watched)
-    )
-    disturbed = [name for name, others in watched if others.share is not None and others.share > DISTURBED]
-    if disturbed:
-        print(f"WARNING: other processes were busy during: {', '.join(disturbed)}; those timings are unreliable")
+    report_load(load_at_start, watched)
     if not correct:
         print("ERROR: a method did not prune exactly k weights, or masks differ from ours", file=sys.stderr)
         return 1
@@ -553,14 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     watched = [(r.method.short, r.others) for r in results]
     watched.append(("split", split_others))
-    print(
-        f"Load average (1 min): {load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end. "
-        "Share of the CPUs used by other processes while measuring: "
-        + ", ".join(f"{name} {share(others)}" for name, others in watched)
-    )
-    disturbed = [name for name, others in watched if others.share is not None and others.share > DISTURBED]
-    if disturbed:
-        print(f"WARNING: other processes were busy during: {', '.join(disturbed)}; those timings are unreliable")
+    report_load(load_at_start, watched)
 
     correct = all(pruned_count(r.masks) == k for r in results) and all(
         identical(r.masks, ours_result.masks) for r in results[1:]

@@ -20,7 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _measure import OtherProcesses, median_time  # noqa: E402
+from _measure import OtherProcesses, median_time, share  # noqa: E402
 from mask_events import training_step  # noqa: E402
 
 from sparsetrain.methods import MaskEvent, apply_dst_event, apply_gap_event  # noqa: E402
@@ -96,9 +96,8 @@ def main() -> None:
     for method, step_s, extra_s, rate in rows:
         print(f"| {method} | {step_s * 1e3:.1f} | {extra_s * 1e3:.2f} | {rate:.2f} | {rate / dense_rate:.3f} |")
     worst = min(rate / dense_rate for _, _, _, rate in rows[1:-1])
-    share = "unknown" if others.share is None else f"{others.share:.0%}"
     print(f"\nTarget 'sparse phases within 3% of dense throughput': {'MET' if worst >= 0.97 else 'NOT MET'} "
-          f"(worst {worst:.3f} x dense). Other processes used {share} of the CPUs.")
+          f"(worst {worst:.3f} x dense). Other processes used {share(others)} of the CPUs.")
 
 
 def _dense_step(model, optimizer, inputs, labels) -> None:
