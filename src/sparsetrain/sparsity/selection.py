@@ -116,20 +116,6 @@ def _sample(tensors: Sequence[torch.Tensor], total: int, work: torch.dtype) -> t
     return torch.cat(parts).sort().values
 
 
-def _count_below(tensors: Sequence[torch.Tensor], names: list[str], work: torch.dtype, bound: float) -> int:
-    """Number of magnitudes below ``bound`` (also checks that the tensors are finite)."""
-    count = 0
-    for tensor, name in zip(tensors, names):
-        below = torch.zeros((), dtype=torch.int64, device=tensor.device)
-        magnitude_sum = torch.zeros((), dtype=work, device=tensor.device)
-        for _, mag in _magnitude_chunks(tensor, work):
-            magnitude_sum += mag.sum()
-            below += torch.count_nonzero(mag < bound)
-        _check_finite(magnitude_sum, tensor, name)
-        count += int(below)
-    return count
-
-
 def _bracket_pass(
     tensors: Sequence[torch.Tensor], names: list[str], work: torch.dtype, lo: float, hi: float
 ) -> tuple[int, int, torch.Tensor | None]:
@@ -227,7 +213,7 @@ def find_threshold(
     lo_bits, hi_bits = _to_bits(lo, work), _to_bits(hi, work)
     while hi_bits - lo_bits > 1 and hi_count - lo_count > COLLECT_LIMIT:
         mid = _from_bits((lo_bits + hi_bits) // 2, work)
-        count_mid = _count_below(tensors, names, work, mid)
+        count_mid, _, _ = _bracket_pass(tensors, names, work, mid, mid)  # an empty bracket: a count only
         if count_mid < k:
             lo, lo_count, lo_bits = mid, count_mid, _to_bits(mid, work)
         else:
