@@ -8,6 +8,7 @@ merge are compared across ranks by checksum.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -32,7 +33,8 @@ def init_from_environment(device: torch.device) -> DistContext | None:
         return None
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        # Long timeout: after P-GaP's last merge the other ranks wait for rank 0's fine-tuning.
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(days=7))
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return DistContext(dist.get_rank(), dist.get_world_size())

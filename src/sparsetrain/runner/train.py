@@ -497,7 +497,9 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
             (state.dir / name).write_text("")
     try:
         result = state.run()
-        if state.ddp is not None:  # rank 0 writes the final files; let the others wait before teardown
+        if state.dist is not None:
+            # Every rank waits for rank 0 (its final files; after P-GaP, its fine-tuning) before the
+            # process group is torn down: a rank leaving early can abort gloo's connections.
             torch.distributed.barrier()
         return result
     finally:
