@@ -7,8 +7,9 @@
     sparsetrain report RUN_DIR                  (re)write report.md and the plots of a run
     sparsetrain demo [--out DIR]                the embedded-data comparison table
 
-Bad input (any ``ValueError``: config, sparsity, checkpoint and data errors all are) prints one
-line, ``error: <message>``, to stderr and exits with status 2, without a traceback.
+Bad input (a ``UserError``: config, sparsity, checkpoint and data errors all are) prints one
+line, ``error: <message>``, to stderr and exits with status 2, without a traceback. Any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,13 +69,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config or args.overrides:
-            raise ValueError("--resume RUN_DIR takes no CONFIG or overrides: the run's own config.yaml is used")
+            raise UserError("--resume RUN_DIR takes no CONFIG or overrides: the run's own config.yaml is used")
         run_dir = Path(args.resume)
         config = load_config(run_dir / "config.yaml", [f"output_dir={run_dir}"])
     elif args.config:
         config = load_config(args.config, args.overrides)
     else:
-        raise ValueError("run needs a CONFIG file or --resume RUN_DIR")
+        raise UserError("run needs a CONFIG file or --resume RUN_DIR")
     result = run(config, resume=bool(args.resume))
     if result is None:  # a non-zero rank of a multi-process run: rank 0 writes the results
         return 0
@@ -185,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
-    except ValueError as exc:
+    except UserError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from pathlib import Path
 from .config import load_config
 from .reports import load_run, markdown_table, method_row, write_report
 from .runner.train import RunResult, run
+from .errors import UserError
 
 DEMO_CONFIGS = Path(__file__).parent / "configs" / "demo"
 
@@ -44,7 +45,7 @@ def _clear_previous_run(run_dir: Path) -> None:
     if not run_dir.exists():
         return
     if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"demo output {str(run_dir)!r} exists and is not a sparsetrain run; choose another --out")
+        raise UserError(f"demo output {str(run_dir)!r} exists and is not a sparsetrain run; choose another --out")
     shutil.rmtree(run_dir)
 
 
@@ -58,7 +59,7 @@ def run_demo(
     config_dir = Path(config_dir) if config_dir is not None else DEMO_CONFIGS
     paths = sorted(config_dir.glob("*.yaml"))
     if not paths:
-        raise ValueError(f"demo config directory {str(config_dir)!r} holds no *.yaml file")
+        raise UserError(f"demo config directory {str(config_dir)!r} holds no *.yaml file")
     out = Path(out_dir)
     configs = {p.stem: load_config(p, [*overrides, f"output_dir={out / p.stem}"]) for p in paths}
     results: dict[str, RunResult] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from .errors import UserError
 
 
 def keyword_options(fn: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
@@ -39,7 +40,7 @@ def check_options(kind: str, name: str, fn: Callable[..., Any], options: Mapping
     listing = ", ".join(allowed) if allowed else "none"
     for option in options:
         if option in supplied or (option not in allowed and not takes_any):
-            raise ValueError(f"{kind} {name!r} has no option {option!r} (options: {listing})")
+            raise UserError(f"{kind} {name!r} has no option {option!r} (options: {listing})")
     for option in required:
         if option not in supplied and option not in options:
-            raise ValueError(f"{kind} {name!r} needs option {option!r} (options: {listing})")
+            raise UserError(f"{kind} {name!r} needs option {option!r} (options: {listing})")

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from .digits import ClassificationSplit
 from .transforms import cifar10_eval_transform, cifar10_train_transform
+from ..errors import UserError
 
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCH = "test_batch"
@@ -55,9 +56,9 @@ class Cifar10Dataset(Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable[[Image.Image], Any] | None = None,
                  classes: tuple[str, ...] = CIFAR10_CLASSES):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-            raise ValueError(f"CIFAR-10 images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+            raise UserError(f"CIFAR-10 images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"CIFAR-10 labels {labels.shape} do not match {images.shape[0]} images")
+            raise UserError(f"CIFAR-10 labels {labels.shape} do not match {images.shape[0]} images")
         self.images = images
         self.labels = labels.astype(np.int64, copy=False)
         self.targets = self.labels.tolist()
@@ -81,18 +82,18 @@ def read_cifar10_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.nda
     batch = _unpickle(path)
     data, labels = _field(batch, "data"), _field(batch, "labels")
     if data is None or labels is None:
-        raise ValueError(f"CIFAR-10 batch {str(path)!r} lacks b'data' or b'labels' (keys: {_keys(batch)})")
+        raise UserError(f"CIFAR-10 batch {str(path)!r} lacks b'data' or b'labels' (keys: {_keys(batch)})")
     data = np.asarray(data)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"CIFAR-10 batch {str(path)!r}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+        raise UserError(f"CIFAR-10 batch {str(path)!r}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
     try:
         label_array = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError):
-        raise ValueError(f"CIFAR-10 batch {str(path)!r}: labels are not integers") from None
+        raise UserError(f"CIFAR-10 batch {str(path)!r}: labels are not integers") from None
     if label_array.shape != (data.shape[0],):
-        raise ValueError(f"CIFAR-10 batch {str(path)!r}: {label_array.size} labels for {data.shape[0]} images")
+        raise UserError(f"CIFAR-10 batch {str(path)!r}: {label_array.size} labels for {data.shape[0]} images")
     if label_array.size and (label_array.min() < 0 or label_array.max() >= CIFAR10_NUM_CLASSES):
-        raise ValueError(f"CIFAR-10 batch {str(path)!r}: labels must be in 0..{CIFAR10_NUM_CLASSES - 1}, found "
+        raise UserError(f"CIFAR-10 batch {str(path)!r}: labels must be in 0..{CIFAR10_NUM_CLASSES - 1}, found "
                          f"{int(label_array.min())}..{int(label_array.max())}")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), label_array
@@ -106,7 +107,7 @@ def load_cifar10_split(root: str) -> ClassificationSplit:
         test_images, test_labels = read_cifar10_batch(folder / CIFAR10_TEST_BATCH)
         classes = _class_names(folder / CIFAR10_META)
     except ValueError as exc:
-        raise ValueError(f"dataset 'cifar10': {exc}") from None
+        raise UserError(f"dataset 'cifar10': {exc}") from None
     train_images = np.concatenate([images for images, _ in train_parts])
     train_labels = np.concatenate([labels for _, labels in train_parts])
     return ClassificationSplit(
@@ -121,13 +122,13 @@ def load_cifar10_split(root: str) -> ClassificationSplit:
 
 def _batch_folder(root: Path) -> Path:
     if not root.is_dir():
-        raise ValueError(f"dataset 'cifar10': root {str(root)!r} is not a directory")
+        raise UserError(f"dataset 'cifar10': root {str(root)!r} is not a directory")
     nested = root / CIFAR10_SUBFOLDER
     if not (root / CIFAR10_TRAIN_BATCHES[0]).exists() and nested.is_dir():
         root = nested
     for name in (*CIFAR10_TRAIN_BATCHES, CIFAR10_TEST_BATCH):
         if not (root / name).is_file():
-            raise ValueError(f"dataset 'cifar10': missing batch file {str(root / name)!r} (needs "
+            raise UserError(f"dataset 'cifar10': missing batch file {str(root / name)!r} (needs "
                              f"{', '.join(CIFAR10_TRAIN_BATCHES)}, {CIFAR10_TEST_BATCH})")
     return root
 
@@ -137,7 +138,7 @@ def _class_names(meta_path: Path) -> tuple[str, ...]:
         return CIFAR10_CLASSES
     names = _field(_unpickle(meta_path), "label_names")
     if not isinstance(names, (list, tuple)) or len(names) != CIFAR10_NUM_CLASSES:
-        raise ValueError(f"CIFAR-10 meta {str(meta_path)!r} lacks {CIFAR10_NUM_CLASSES} b'label_names'")
+        raise UserError(f"CIFAR-10 meta {str(meta_path)!r} lacks {CIFAR10_NUM_CLASSES} b'label_names'")
     return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names)
 
 
@@ -147,9 +148,9 @@ def _unpickle(path: str | os.PathLike[str]) -> dict[Any, Any]:
             batch = pickle.load(handle, encoding="bytes")
     except Exception as exc:  # unpickling garbage can raise almost anything
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ValueError(f"CIFAR-10 file {str(path)!r} is not a readable pickle ({reason})") from None
+        raise UserError(f"CIFAR-10 file {str(path)!r} is not a readable pickle ({reason})") from None
     if not isinstance(batch, dict):
-        raise ValueError(f"CIFAR-10 file {str(path)!r} holds a {type(batch).__name__}, not a dict")
+        raise UserError(f"CIFAR-10 file {str(path)!r} holds a {type(batch).__name__}, not a dict")
     return batch
 
 

@@ -25,6 +25,7 @@ from numbers import Real
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
+from ..errors import UserError
 
 DIGITS_NUM_SAMPLES = 1797
 DIGITS_NUM_CLASSES = 10
@@ -67,7 +68,7 @@ def stratified_split_indices(
         class_indices = np.flatnonzero(labels == class_label)
         class_size = class_indices.size
         if class_size < 2:
-            raise ValueError(
+            raise UserError(
                 f"class {class_label} has {class_size} sample; need >= 2 to appear in both splits"
             )
         num_test = min(max(int(round(test_fraction * class_size)), 1), class_size - 1)
@@ -111,13 +112,13 @@ def load_digits_split(test_fraction: float = 0.3, seed: int = 0) -> Classificati
 
 def _check_test_fraction(test_fraction: float) -> None:
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, Real):
-        raise ValueError(f"test_fraction={test_fraction!r} is not a number in (0, 1)")
+        raise UserError(f"test_fraction={test_fraction!r} is not a number in (0, 1)")
     if not 0.0 < test_fraction < 1.0:  # also rejects NaN
-        raise ValueError(f"test_fraction={test_fraction!r} is outside (0, 1)")
+        raise UserError(f"test_fraction={test_fraction!r} is outside (0, 1)")
 
 
 def _check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed={seed!r} is not an integer in [0, 2**32)")
+        raise UserError(f"seed={seed!r} is not an integer in [0, 2**32)")
     if not 0 <= seed < 2**32:
-        raise ValueError(f"seed={seed!r} is outside [0, 2**32)")
+        raise UserError(f"seed={seed!r} is outside [0, 2**32)")

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from .digits import ClassificationSplit
 from .transforms import imagenet_eval_transform, imagenet_train_transform
+from ..errors import UserError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
@@ -54,7 +55,7 @@ def load_rgb_image(path: str | os.PathLike[str]) -> Image.Image:
             return image.convert("RGB")  # convert() forces the decode while the file is open
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ValueError(f"cannot read image {str(path)!r} ({reason})") from None
+        raise UserError(f"cannot read image {str(path)!r} ({reason})") from None
 
 
 class ImageFolderDataset(Dataset):
@@ -70,16 +71,16 @@ class ImageFolderDataset(Dataset):
                  class_to_idx: Mapping[str, int] | None = None):
         self.root = str(root)
         if not Path(self.root).is_dir():
-            raise ValueError(f"image folder {self.root!r} is not a directory")
+            raise UserError(f"image folder {self.root!r} is not a directory")
         folders = find_classes(self.root)
         if not folders:
-            raise ValueError(f"image folder {self.root!r} has no class folders (expected {self.root}/<class>/*.JPEG)")
+            raise UserError(f"image folder {self.root!r} has no class folders (expected {self.root}/<class>/*.JPEG)")
         if class_to_idx is None:
             class_to_idx = {name: index for index, name in enumerate(folders)}
         else:
             unknown = [name for name in folders if name not in class_to_idx]
             if unknown:
-                raise ValueError(f"image folder {self.root!r} has classes missing from the class mapping: "
+                raise UserError(f"image folder {self.root!r} has classes missing from the class mapping: "
                                  f"{_listing(unknown)}")
         self.class_to_idx = dict(class_to_idx)
         self.classes = sorted(self.class_to_idx, key=self.class_to_idx.__getitem__)
@@ -88,7 +89,7 @@ class ImageFolderDataset(Dataset):
         for name in folders:
             paths = _image_paths(os.path.join(self.root, name))
             if not paths:
-                raise ValueError(f"class folder {os.path.join(self.root, name)!r} has no "
+                raise UserError(f"class folder {os.path.join(self.root, name)!r} has no "
                                  f"{'/'.join(IMAGE_EXTENSIONS)} images")
             label = self.class_to_idx[name]
             self.samples.extend((path, label) for path in paths)
@@ -112,27 +113,27 @@ def load_imagenet_split(root: str, image_size: int = 224, resize_size: int = 256
     """``root/train`` with the ImageNet train augmentation and ``root/val`` with the eval transform."""
     for name, value in (("image_size", image_size), ("resize_size", resize_size)):
         if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-            raise ValueError(f"dataset 'imagenet': {name}={value!r} is not an integer >= 1")
+            raise UserError(f"dataset 'imagenet': {name}={value!r} is not an integer >= 1")
     if resize_size < image_size:
-        raise ValueError(f"dataset 'imagenet': resize_size={resize_size} is smaller than image_size={image_size}")
+        raise UserError(f"dataset 'imagenet': resize_size={resize_size} is smaller than image_size={image_size}")
     root_path = Path(str(root))
     if not root_path.is_dir():
-        raise ValueError(f"dataset 'imagenet': root {str(root)!r} is not a directory")
+        raise UserError(f"dataset 'imagenet': root {str(root)!r} is not a directory")
     train_dir, val_dir = root_path / "train", root_path / "val"
     for directory in (train_dir, val_dir):
         if not directory.is_dir():
-            raise ValueError(f"dataset 'imagenet': {str(directory)!r} is missing (expected "
+            raise UserError(f"dataset 'imagenet': {str(directory)!r} is missing (expected "
                              f"{directory}/<class>/*.JPEG)")
     try:
         train = ImageFolderDataset(train_dir, imagenet_train_transform(image_size))
         val_classes = find_classes(val_dir)
         extra = [name for name in val_classes if name not in train.class_to_idx]
         if extra:
-            raise ValueError(f"val classes are not a subset of the train classes: {_listing(extra)} are only in "
+            raise UserError(f"val classes are not a subset of the train classes: {_listing(extra)} are only in "
                              f"{str(val_dir)!r}")
         test = ImageFolderDataset(val_dir, imagenet_eval_transform(image_size, resize_size), train.class_to_idx)
     except ValueError as exc:
-        raise ValueError(f"dataset 'imagenet': {exc}") from None
+        raise UserError(f"dataset 'imagenet': {exc}") from None
     return ClassificationSplit(train=train, test=test, num_classes=len(train.classes),
                                input_shape=(3, image_size, image_size), train_mean=0.0, train_std=1.0)
 

@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from sparsetrain.data.digits import ClassificationSplit, _check_seed, _check_test_fraction
+from ..errors import UserError
 
 MNIST1D_NUM_CLASSES = 10
 MNIST1D_SEQUENCE_LENGTH = 40
@@ -75,7 +76,7 @@ def load_mnist1d_split(
     _check_nonnegative("iid_noise_scale", iid_noise_scale)
     _check_nonnegative("shear_scale", shear_scale)
     if not isinstance(shuffle_seq, (bool, np.bool_)):
-        raise ValueError(f"shuffle_seq={shuffle_seq!r} is not a bool (True or False)")
+        raise UserError(f"shuffle_seq={shuffle_seq!r} is not a bool (True or False)")
 
     signals, labels = _generate(
         int(num_samples),
@@ -156,11 +157,11 @@ def _generate(
 
 def _check_num_samples(num_samples: int) -> None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
-        raise ValueError(
+        raise UserError(
             f"num_samples={num_samples!r} is not an integer multiple of 10 >= {MNIST1D_MIN_SAMPLES}"
         )
     if num_samples < MNIST1D_MIN_SAMPLES or num_samples % MNIST1D_NUM_CLASSES != 0:
-        raise ValueError(
+        raise UserError(
             f"num_samples={num_samples!r} is not a multiple of 10 in [{MNIST1D_MIN_SAMPLES}, inf)"
             " (the generator makes num_samples // 10 samples per class)"
         )
@@ -168,6 +169,6 @@ def _check_num_samples(num_samples: int) -> None:
 
 def _check_nonnegative(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} is not a finite number in [0, inf)")
+        raise UserError(f"{name}={value!r} is not a finite number in [0, inf)")
     if value < 0:
-        raise ValueError(f"{name}={value!r} is outside [0, inf)")
+        raise UserError(f"{name}={value!r} is outside [0, inf)")

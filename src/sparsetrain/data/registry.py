@@ -18,6 +18,7 @@ from sparsetrain.data.digits import ClassificationSplit, load_digits_split
 from sparsetrain.data.imagenet import load_imagenet_split
 from sparsetrain.data.mnist1d import load_mnist1d_split
 from sparsetrain.data.npz import load_npz_split
+from ..errors import UserError
 
 DatasetLoader = Callable[..., ClassificationSplit]
 _Loader = TypeVar("_Loader", bound=DatasetLoader)
@@ -44,13 +45,13 @@ def register_dataset(
     An existing name raises ``ValueError`` unless ``replace=True``.
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"dataset name {name!r} is not a non-empty string")
+        raise UserError(f"dataset name {name!r} is not a non-empty string")
     if name in DATASETS and not replace:
-        raise ValueError(f"dataset {name!r} is already registered (pass replace=True to override)")
+        raise UserError(f"dataset {name!r} is already registered (pass replace=True to override)")
 
     def add(fn: _Loader) -> _Loader:
         if not callable(fn):
-            raise ValueError(f"dataset {name!r} loader {fn!r} is not callable")
+            raise UserError(f"dataset {name!r} loader {fn!r} is not callable")
         DATASETS[name] = fn
         return fn
 
@@ -71,7 +72,7 @@ def load_dataset(name: str, **options: Any) -> ClassificationSplit:
 
 def _lookup(name: str) -> DatasetLoader:
     if not isinstance(name, str) or name not in DATASETS:
-        raise ValueError(f"dataset {name!r} is not one of: {', '.join(sorted(DATASETS))}")
+        raise UserError(f"dataset {name!r} is not one of: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from ..errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,7 +86,7 @@ class Compose:
         self.transforms = list(transforms)
         for t in self.transforms:
             if not callable(t):
-                raise ValueError(f"Compose: {t!r} is not callable")
+                raise UserError(f"Compose: {t!r} is not callable")
 
     def __call__(self, image: Any) -> Any:
         for t in self.transforms:
@@ -147,7 +148,7 @@ class RandomHorizontalFlip:
 
     def __init__(self, p: float = 0.5):
         if isinstance(p, bool) or not isinstance(p, Real) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"RandomHorizontalFlip p={p!r} is not a probability in [0, 1]")
+            raise UserError(f"RandomHorizontalFlip p={p!r} is not a probability in [0, 1]")
         self.p = float(p)
 
     def __call__(self, image: Image.Image) -> Image.Image:
@@ -219,7 +220,7 @@ class RandomCrop:
         self.size = _size_pair(size, "RandomCrop size")
         self.padding = _padding(padding)
         if padding_mode not in _PAD_MODES:
-            raise ValueError(f"RandomCrop padding_mode={padding_mode!r} is not one of: {', '.join(_PAD_MODES)}")
+            raise UserError(f"RandomCrop padding_mode={padding_mode!r} is not one of: {', '.join(_PAD_MODES)}")
         self.padding_mode = padding_mode
 
     def __call__(self, image: Image.Image) -> Image.Image:
@@ -229,7 +230,7 @@ class RandomCrop:
         width, height = image.size
         crop_h, crop_w = self.size
         if crop_h > height or crop_w > width:
-            raise ValueError(f"RandomCrop: crop {crop_h}x{crop_w} is larger than the (padded) image {height}x{width}")
+            raise UserError(f"RandomCrop: crop {crop_h}x{crop_w} is larger than the (padded) image {height}x{width}")
         if (crop_h, crop_w) == (height, width):
             return image
         top = int(torch.randint(0, height - crop_h + 1, size=(1,)).item())
@@ -254,7 +255,7 @@ class ToTensor:
         else:
             raise TypeError(f"ToTensor expects a PIL image or numpy array, got {type(image).__name__}")
         if array.dtype != np.uint8 or array.ndim not in (2, 3):
-            raise ValueError(f"ToTensor expects uint8 (H, W) or (H, W, C) pixels, got {array.dtype} {array.shape}")
+            raise UserError(f"ToTensor expects uint8 (H, W) or (H, W, C) pixels, got {array.dtype} {array.shape}")
         if array.ndim == 2:
             array = array[:, :, None]
         tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
@@ -271,15 +272,15 @@ class Normalize:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         if not self.mean or len(self.mean) != len(self.std):
-            raise ValueError(f"Normalize mean {self.mean} and std {self.std} must be non-empty and equally long")
+            raise UserError(f"Normalize mean {self.mean} and std {self.std} must be non-empty and equally long")
         if not all(s > 0 for s in self.std):
-            raise ValueError(f"Normalize std {self.std} must be positive")
+            raise UserError(f"Normalize std {self.std} must be positive")
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3 or not tensor.is_floating_point():
-            raise ValueError("Normalize expects a float (C, H, W) tensor")
+            raise UserError("Normalize expects a float (C, H, W) tensor")
         if tensor.shape[0] != len(self.mean):
-            raise ValueError(f"Normalize has {len(self.mean)} channel statistics, image has {tensor.shape[0]} channels")
+            raise UserError(f"Normalize has {len(self.mean)} channel statistics, image has {tensor.shape[0]} channels")
         mean = torch.tensor(self.mean, dtype=tensor.dtype).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=tensor.dtype).view(-1, 1, 1)
         return (tensor - mean) / std
@@ -325,7 +326,7 @@ def _check_pil(image: Any, transform: Any) -> None:
 
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{what}={value!r} is not an integer >= 1")
+        raise UserError(f"{what}={value!r} is not an integer >= 1")
     return int(value)
 
 
@@ -337,16 +338,16 @@ def _size_pair(size: Any, what: str) -> tuple[int, int]:
     if isinstance(size, Sequence) and not isinstance(size, str) and len(size) in (1, 2):
         pair = tuple(_positive_int(s, what) for s in size)
         return (pair[0], pair[0]) if len(pair) == 1 else (pair[0], pair[1])
-    raise ValueError(f"{what}={size!r} is not an int or an (height, width) pair")
+    raise UserError(f"{what}={size!r} is not an int or an (height, width) pair")
 
 
 def _increasing_pair(values: Any, what: str) -> tuple[float, float]:
     if (not isinstance(values, Sequence) or isinstance(values, str) or len(values) != 2
             or not all(isinstance(v, Real) and not isinstance(v, bool) for v in values)):
-        raise ValueError(f"{what}={values!r} is not a (low, high) pair of numbers")
+        raise UserError(f"{what}={values!r} is not a (low, high) pair of numbers")
     low, high = float(values[0]), float(values[1])
     if not 0.0 < low <= high or not math.isfinite(high):
-        raise ValueError(f"{what}={values!r} must satisfy 0 < low <= high < inf")
+        raise UserError(f"{what}={values!r} must satisfy 0 < low <= high < inf")
     return low, high
 
 
@@ -361,9 +362,9 @@ def _padding(padding: Any) -> tuple[int, int, int, int]:
     elif isinstance(padding, Sequence) and not isinstance(padding, str) and len(padding) == 4:
         values = tuple(padding)
     else:
-        raise ValueError(f"padding={padding!r} is not an int, (left/right, top/bottom) or (left, top, right, bottom)")
+        raise UserError(f"padding={padding!r} is not an int, (left/right, top/bottom) or (left, top, right, bottom)")
     if not all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 0 for v in values):
-        raise ValueError(f"padding={padding!r} must be non-negative integers")
+        raise UserError(f"padding={padding!r} must be non-negative integers")
     return tuple(int(v) for v in values)  # type: ignore[return-value]
 
 
@@ -372,6 +373,6 @@ def _pad(image: Image.Image, padding: tuple[int, int, int, int], mode: str) -> I
     array = np.asarray(image)
     widths = [(top, bottom), (left, right)] + [(0, 0)] * (array.ndim - 2)
     if mode == "reflect" and (max(top, bottom) >= array.shape[0] or max(left, right) >= array.shape[1]):
-        raise ValueError(f"reflect padding {padding} needs an image larger than the padding, got "
+        raise UserError(f"reflect padding {padding} needs an image larger than the padding, got "
                          f"{array.shape[0]}x{array.shape[1]}")
     return Image.fromarray(np.pad(array, widths, mode=_PAD_MODES[mode]))

@@ -65,6 +65,7 @@ from typing import IO, Any, Callable, Sequence, Union
 import numpy as np
 import numpy.lib.format as npy_format
 import torch
+from ..errors import UserError
 
 __all__ = [
     "PRUNE_LOG_COLUMNS",
@@ -169,16 +170,16 @@ def write_prune_log(
     numels = [_as_int(n, f"layer_numels[{i}]") for i, n in enumerate(layer_numels)]
     counts = [_as_int(c, f"pruned_counts[{i}]") for i, c in enumerate(pruned_counts)]
     if len(numels) != len(counts):
-        raise ValueError(
+        raise UserError(
             f"layer_numels has {len(numels)} entries but pruned_counts has {len(counts)}"
         )
     if not numels:
-        raise ValueError("a prune log needs at least one layer")
+        raise UserError("a prune log needs at least one layer")
     for i, (n, c) in enumerate(zip(numels, counts)):
         if n <= 0:
-            raise ValueError(f"layer_numels[{i}] = {n}; it must be positive")
+            raise UserError(f"layer_numels[{i}] = {n}; it must be positive")
         if not 0 <= c <= n:
-            raise ValueError(f"pruned_counts[{i}] = {c} is outside [0, {n}]")
+            raise UserError(f"pruned_counts[{i}] = {c} is outside [0, {n}]")
     pre = "" if pre_accuracy is None else repr(_as_finite_float(pre_accuracy, "pre_accuracy"))
     post = "" if post_accuracy is None else repr(_as_finite_float(post_accuracy, "post_accuracy"))
 
@@ -217,36 +218,36 @@ def read_prune_log(path: PathLike) -> PruneLog:
                 if row:  # skip blank lines
                     rows.append((reader.line_num, row))
         except csv.Error as e:
-            raise ValueError(f"{name}: line {reader.line_num}: {_one_line(e)}") from None
+            raise UserError(f"{name}: line {reader.line_num}: {_one_line(e)}") from None
         except UnicodeDecodeError as e:
-            raise ValueError(f"{name}: not UTF-8 text ({_one_line(e)})") from None
+            raise UserError(f"{name}: not UTF-8 text ({_one_line(e)})") from None
 
     if not rows:
-        raise ValueError(f"{name}: line 1: file is empty; expected a prune-log header")
+        raise UserError(f"{name}: line 1: file is empty; expected a prune-log header")
     header_line, header = rows[0]
     if tuple(h.strip() for h in header) != _HEADER:
-        raise ValueError(
+        raise UserError(
             f"{name}: line {header_line}: expected header {','.join(_HEADER)!r}, "
             f"got {','.join(header)!r}"
         )
     body = rows[1:]
     if not body:
-        raise ValueError(f"{name}: line {header_line}: no layer rows after the header")
+        raise UserError(f"{name}: line {header_line}: no layer rows after the header")
     for lineno, row in body:
         if len(row) != len(_HEADER):
-            raise ValueError(
+            raise UserError(
                 f"{name}: line {lineno}: expected {len(_HEADER)} fields, got {len(row)}"
             )
 
     last_line, last = body[-1]
     if not _is_summary_row(last):
-        raise ValueError(
+        raise UserError(
             f"{name}: line {last_line}: expected the final row with only "
             "'Post Accuracy' filled (the file may be truncated)"
         )
     layer_rows = body[:-1]
     if not layer_rows:
-        raise ValueError(f"{name}: line {last_line}: no layer rows before the final row")
+        raise UserError(f"{name}: line {last_line}: no layer rows before the final row")
 
     numels: list[int] = []
     counts: list[int] = []
@@ -255,24 +256,24 @@ def read_prune_log(path: PathLike) -> PruneLog:
     for pos, (lineno, row) in enumerate(layer_rows):
         where = f"{name}: line {lineno}"
         if _is_summary_row(row):
-            raise ValueError(f"{where}: summary row found before the last row")
+            raise UserError(f"{where}: summary row found before the last row")
         index = _parse_int(row[0], "index", where)
         layer_index = _parse_int(row[1], "'Layer Index'", where)
         if index != pos or layer_index != pos + 1:
-            raise ValueError(
+            raise UserError(
                 f"{where}: expected index {pos} and 'Layer Index' {pos + 1}, "
                 f"got {index} and {layer_index}"
             )
         n = _parse_int(row[2], "'Layer Weights'", where)
         c = _parse_int(row[4], "'Weights Pruned'", where)
         if n <= 0:
-            raise ValueError(f"{where}: 'Layer Weights' is {n}; it must be positive")
+            raise UserError(f"{where}: 'Layer Weights' is {n}; it must be positive")
         if not 0 <= c <= n:
-            raise ValueError(f"{where}: 'Weights Pruned' {c} is outside [0, {n}]")
+            raise UserError(f"{where}: 'Weights Pruned' {c} is outside [0, {n}]")
         percent = _parse_float(row[5], "'% Pruning'", where, allow_na=False)
         assert percent is not None
         if not math.isclose(percent, 100 * c / n, rel_tol=1e-9, abs_tol=1e-9):
-            raise ValueError(
+            raise UserError(
                 f"{where}: '% Pruning' {percent!r} does not match "
                 f"100 * {c} / {n} = {100 * c / n!r}"
             )
@@ -280,7 +281,7 @@ def read_prune_log(path: PathLike) -> PruneLog:
         if pos == 0:
             pre_accuracy = pre
         if row[6].strip().lower() not in _NA_TEXTS:
-            raise ValueError(
+            raise UserError(
                 f"{where}: 'Post Accuracy' of a layer row should be NA, got {row[6]!r}"
             )
         numels.append(n)
@@ -290,7 +291,7 @@ def read_prune_log(path: PathLike) -> PruneLog:
     where = f"{name}: line {last_line}"
     index = _parse_int(last[0], "index", where)
     if index != len(layer_rows):
-        raise ValueError(f"{where}: expected index {len(layer_rows)} on the final row, got {index}")
+        raise UserError(f"{where}: expected index {len(layer_rows)} on the final row, got {index}")
     post_accuracy = _parse_float(last[6], "'Post Accuracy'", where, allow_na=True)
     return PruneLog(
         layer_numels=tuple(numels),
@@ -340,20 +341,20 @@ def read_layer_sparsities(path: PathLike) -> list[float]:
         try:
             lines = list(f)
         except UnicodeDecodeError as e:
-            raise ValueError(f"{name}: not UTF-8 text ({_one_line(e)})") from None
+            raise UserError(f"{name}: not UTF-8 text ({_one_line(e)})") from None
     for lineno, line in enumerate(lines, start=1):
         text = line.strip()
         if not text:
             continue
         where = f"{name}: line {lineno}"
         if "," in text:
-            raise ValueError(f"{where}: expected one value per line, got {text!r}")
+            raise UserError(f"{where}: expected one value per line, got {text!r}")
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(f"{where}: not a number: {text!r}") from None
+            raise UserError(f"{where}: not a number: {text!r}") from None
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ValueError(f"{where}: sparsity {text!r} is not a fraction in [0, 1]")
+            raise UserError(f"{where}: sparsity {text!r} is not a fraction in [0, 1]")
         values.append(value)
     return values
 
@@ -453,7 +454,7 @@ def load_mask_list(path: PathLike) -> list[torch.Tensor]:
 
 def _float_masks_for_saving(masks: Sequence[Any]) -> list[torch.Tensor]:
     if isinstance(masks, (torch.Tensor, np.ndarray)):
-        raise ValueError(
+        raise UserError(
             "masks must be a sequence with one mask per layer, not a single "
             f"{type(masks).__name__}"
         )
@@ -475,21 +476,21 @@ def _as_bool_mask(obj: Any, label: str) -> torch.Tensor:
         if t.dtype == torch.bool:
             return t.clone()
         if t.is_complex():
-            raise ValueError(f"{label} has complex dtype {t.dtype}; a mask holds 0s and 1s")
+            raise UserError(f"{label} has complex dtype {t.dtype}; a mask holds 0s and 1s")
         bad = ~((t == 0) | (t == 1))
         if bool(bad.any()):
             example = t[bad].flatten()[0].item()
-            raise ValueError(f"{label} has values other than 0 and 1 (e.g. {example!r})")
+            raise UserError(f"{label} has values other than 0 and 1 (e.g. {example!r})")
         return t != 0
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in "biuf":
-            raise ValueError(f"{label} has dtype {obj.dtype}; a mask holds 0s and 1s")
+            raise UserError(f"{label} has dtype {obj.dtype}; a mask holds 0s and 1s")
         bad = ~((obj == 0) | (obj == 1))
         if bad.any():
             example = obj[bad].flat[0].item()
-            raise ValueError(f"{label} has values other than 0 and 1 (e.g. {example!r})")
+            raise UserError(f"{label} has values other than 0 and 1 (e.g. {example!r})")
         return torch.from_numpy(np.ascontiguousarray(obj != 0))
-    raise ValueError(f"{label} is a {type(obj).__name__}; expected a tensor or a numpy array")
+    raise UserError(f"{label} is a {type(obj).__name__}; expected a tensor or a numpy array")
 
 
 def _read_torch_items(f: IO[bytes], name: str) -> list[Any]:
@@ -498,11 +499,11 @@ def _read_torch_items(f: IO[bytes], name: str) -> list[Any]:
             warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated")
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for foreign or corrupt files
-        raise ValueError(
+        raise UserError(
             f"{name}: not a torch mask-list file or a .npy file ({type(e).__name__}: {_one_line(e)})"
         ) from None
     if not isinstance(obj, (list, tuple)):
-        raise ValueError(f"{name}: expected a list of mask tensors, found a {type(obj).__name__}")
+        raise UserError(f"{name}: expected a list of mask tensors, found a {type(obj).__name__}")
     return list(obj)
 
 
@@ -514,45 +515,45 @@ def _read_npy_items(f: IO[bytes], name: str) -> list[Any]:
         elif version == (2, 0):
             shape, _fortran, dtype = npy_format.read_array_header_2_0(f)
         else:
-            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+            raise UserError(f"unsupported .npy format version {version[0]}.{version[1]}")
     except ValueError as e:
-        raise ValueError(f"{name}: bad .npy header: {_one_line(e)}") from None
+        raise UserError(f"{name}: bad .npy header: {_one_line(e)}") from None
 
     if not dtype.hasobject:
         f.seek(0)
         try:
             array = npy_format.read_array(f, allow_pickle=False)
         except ValueError as e:
-            raise ValueError(f"{name}: bad .npy data: {_one_line(e)}") from None
+            raise UserError(f"{name}: bad .npy data: {_one_line(e)}") from None
         if array.ndim == 0:
-            raise ValueError(f"{name}: expected an array of masks, found a 0-d array")
+            raise UserError(f"{name}: expected an array of masks, found a 0-d array")
         return list(array)
 
     if dtype != np.dtype(object):
-        raise ValueError(f"{name}: unsupported .npy dtype {dtype}; expected an object array")
+        raise UserError(f"{name}: unsupported .npy dtype {dtype}; expected an object array")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated")
             obj = _CpuMaskUnpickler(f).load()
     except _RefusedGlobal as e:
-        raise ValueError(f"{name}: {e}") from None
+        raise UserError(f"{name}: {e}") from None
     except Exception as e:  # a corrupt pickle can raise nearly anything
-        raise ValueError(
+        raise UserError(
             f"{name}: cannot unpickle the mask array ({type(e).__name__}: {_one_line(e)})"
         ) from None
     if isinstance(obj, np.ndarray):
         if obj.ndim != 1:
-            raise ValueError(
+            raise UserError(
                 f"{name}: expected a 1-D object array of masks, found shape {obj.shape}"
             )
         if obj.shape != tuple(shape):
-            raise ValueError(
+            raise UserError(
                 f"{name}: header says shape {tuple(shape)} but the data has shape {obj.shape}"
             )
         return list(obj)
     if isinstance(obj, (list, tuple)):
         return list(obj)
-    raise ValueError(f"{name}: expected an array of masks, found a {type(obj).__name__}")
+    raise UserError(f"{name}: expected an array of masks, found a {type(obj).__name__}")
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -717,23 +718,23 @@ def _as_int(value: Any, label: str) -> int:
     try:
         return operator.index(value)
     except TypeError:
-        raise ValueError(f"{label} must be an integer, got {value!r}") from None
+        raise UserError(f"{label} must be an integer, got {value!r}") from None
 
 
 def _as_finite_float(value: Any, label: str) -> float:
     try:
         result = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{label} must be a number, got {value!r}") from None
+        raise UserError(f"{label} must be a number, got {value!r}") from None
     if not math.isfinite(result):
-        raise ValueError(f"{label} must be finite, got {result!r}")
+        raise UserError(f"{label} must be finite, got {result!r}")
     return result
 
 
 def _as_fraction(value: Any, label: str) -> float:
     result = _as_finite_float(value, label)
     if not 0.0 <= result <= 1.0:
-        raise ValueError(f"{label} = {result!r} is not a fraction in [0, 1]")
+        raise UserError(f"{label} = {result!r} is not a fraction in [0, 1]")
     return result
 
 
@@ -749,7 +750,7 @@ def _parse_int(text: str, what: str, where: str) -> int:
         value = math.nan
     if math.isfinite(value) and value.is_integer():
         return int(value)
-    raise ValueError(f"{where}: {what} is not an integer: {text!r}")
+    raise UserError(f"{where}: {what} is not an integer: {text!r}")
 
 
 def _parse_float(text: str, what: str, where: str, *, allow_na: bool) -> float | None:
@@ -757,11 +758,11 @@ def _parse_float(text: str, what: str, where: str, *, allow_na: bool) -> float |
     if s.lower() in _NA_TEXTS:
         if allow_na:
             return None
-        raise ValueError(f"{where}: {what} is missing")
+        raise UserError(f"{where}: {what} is missing")
     try:
         value = float(s)
     except ValueError:
-        raise ValueError(f"{where}: {what} is not a number: {text!r}") from None
+        raise UserError(f"{where}: {what} is not a number: {text!r}") from None
     if not math.isfinite(value):
-        raise ValueError(f"{where}: {what} is not finite: {text!r}")
+        raise UserError(f"{where}: {what} is not finite: {text!r}")
     return value

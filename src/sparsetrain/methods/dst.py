@@ -22,6 +22,7 @@ import torch
 
 from ..sparsity import MaskSet, per_tensor_counts, random_masks, smallest_magnitude_masks
 from .events import MaskEvent
+from ..errors import UserError
 
 _EXCLUDED = 1.0e30
 """Score given to positions that must never be chosen (finite, so the selection accepts it)."""
@@ -74,7 +75,7 @@ def drop_and_grow_(masks: MaskSet, drop_fraction: float, grow: str, seed: int) -
         kept = mask & smallest_magnitude_masks([ranked], count)[0]  # the count smallest active ones dropped
         if grow == "gradient":
             if target.param.grad is None:
-                raise ValueError(f"RigL needs the gradient of {target.name!r} at its update step")
+                raise UserError(f"RigL needs the gradient of {target.name!r} at its update step")
             scores = target.param.grad.detach().abs().float()
         else:
             scores = torch.rand(weight.shape, generator=generator).to(weight.device)
@@ -97,4 +98,4 @@ def apply_dst_event(event: MaskEvent, masks: MaskSet) -> None:
     elif event.kind in ("set_update", "rigl_update"):
         drop_and_grow_(masks, event.drop_fraction, "gradient" if event.kind == "rigl_update" else "random", event.seed)
     else:
-        raise ValueError(f"event kind {event.kind!r} is not a SET/RigL event")
+        raise UserError(f"event kind {event.kind!r} is not a SET/RigL event")

@@ -35,6 +35,7 @@ from ..sparsity import MaskSet, per_tensor_counts, per_tensor_smallest_magnitude
 from ..sparsity.budgets import count_for
 from ..sparsity.random_masks import random_masks
 from .events import MaskEvent
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def apply_gap_event(event: MaskEvent, masks: MaskSet, partitions: Sequence[Seque
         for p in event.prune:
             prune_partition_(masks, partitions[p], event.sparsity, event.distribution)
     elif event.kind != "pgap_round":
-        raise ValueError(f"event kind {event.kind!r} is not a GaP event")
+        raise UserError(f"event kind {event.kind!r} is not a GaP event")
     if event.grow is not None:
         masks.grow_(partitions[event.grow])
     masks.apply_()

@@ -11,6 +11,7 @@ pruned. Defaults follow the paper's recipe: start at ``s_i = 0``, stop pruning w
 from __future__ import annotations
 
 from .events import MaskEvent, one_shot_prune
+from ..errors import UserError
 
 
 def gmp_sparsity(step: int, start_step: int, end_step: int, initial: float, final: float) -> float:
@@ -25,7 +26,7 @@ def gmp_events(start_step: int, end_step: int, frequency: int, initial: float, f
                stage: int) -> list[MaskEvent]:
     """Prune events every ``frequency`` steps from ``start_step``; the last one at ``end_step`` reaches ``final``."""
     if frequency < 1:
-        raise ValueError(f"gmp frequency={frequency} must be >= 1 step")
+        raise UserError(f"gmp frequency={frequency} must be >= 1 step")
     method = "gp" if distribution == "global" else "uniform"
     steps = list(range(start_step, end_step, frequency)) + [end_step]
     return [

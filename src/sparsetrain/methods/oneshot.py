@@ -9,6 +9,7 @@ from torch import nn
 from ..sparsity import MaskSet, prune
 from ..sparsity.targets import Selector
 from .events import MaskEvent
+from ..errors import UserError
 
 
 def apply_prune_event(
@@ -19,6 +20,6 @@ def apply_prune_event(
 ) -> MaskSet:
     """Prune ``model`` in place as ``event`` says and return the masks now in force."""
     if event.kind != "prune":
-        raise ValueError(f"event kind {event.kind!r} is not a one-shot prune")
+        raise UserError(f"event kind {event.kind!r} is not a one-shot prune")
     return prune(model, event.sparsity, method=event.method, min_threshold=event.min_threshold,
                  include=include, exclude=exclude, seed=event.seed)

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 from torch import nn
+from ..errors import UserError
 
 
 class MLP(nn.Sequential):
@@ -19,7 +20,7 @@ class MLP(nn.Sequential):
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 128)) -> None:
         for name, value in (("in_features", in_features), ("num_classes", num_classes), *(("hidden", h) for h in hidden)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+                raise UserError(f"{name}={value!r} must be an integer >= 1")
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for size in hidden:

@@ -41,6 +41,7 @@ from numbers import Real
 
 import torch
 from torch import nn
+from ..errors import UserError
 
 __all__ = ["MobileNetV1", "mobilenet_v1", "MOBILENET_V1_BLOCKS"]
 
@@ -90,9 +91,9 @@ class MobileNetV1(nn.Module):
         super().__init__()
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is not a positive integer")
+                raise UserError(f"{name}={value!r} is not a positive integer")
         if isinstance(width_mult, bool) or not isinstance(width_mult, Real) or not 0 < width_mult <= 64:
-            raise ValueError(f"width_mult={width_mult!r} is not a number in (0, 64]")
+            raise UserError(f"width_mult={width_mult!r} is not a number in (0, 64]")
         self.width_mult = float(width_mult)
         self.in_channels = in_channels
 

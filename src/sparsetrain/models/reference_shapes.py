@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from ..errors import UserError
+
 RESNET50_BLOCKS_PER_STAGE = (3, 4, 6, 3)
 BOTTLENECK_EXPANSION = 4
 RESNET50_BASE_WIDTH = 64
@@ -80,9 +82,9 @@ def resnet50_random_weights(
     same values, up to rounding, for every floating ``dtype``.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be an integer >= 0")
+        raise UserError(f"seed={seed!r} must be an integer >= 0")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype={dtype!r} must be a floating-point torch.dtype")
+        raise UserError(f"dtype={dtype!r} must be a floating-point torch.dtype")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     weights: list[tuple[str, torch.Tensor]] = []
     for name, shape in resnet50_weight_shapes():

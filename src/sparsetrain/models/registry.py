@@ -21,6 +21,7 @@ from sparsetrain.models.mlp import build_mlp
 from sparsetrain.models.resnet import ResNet, resnet18, resnet34, resnet50
 from sparsetrain.models.small_resnet import SmallResNet, small_resnet
 from sparsetrain.models.wide_resnet import WideResNet
+from ..errors import UserError
 
 ModelBuilder = Callable[..., nn.Module]
 _Builder = TypeVar("_Builder", bound=ModelBuilder)
@@ -59,7 +60,7 @@ def build_small_resnet(
 def _image_channels(model: str, input_shape: Sequence[int]) -> int:
     in_channels, dim = channels_and_dim(input_shape)
     if dim != 2:
-        raise ValueError(
+        raise UserError(
             f"model {model!r} needs images, input_shape (C, H, W); got {tuple(input_shape)!r}"
         )
     return in_channels
@@ -118,17 +119,17 @@ def register_model(name: str, builder: _Builder | None = None, *, replace: bool 
     ``ValueError`` unless ``replace=True``.
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"model name {name!r} is not a non-empty string")
+        raise UserError(f"model name {name!r} is not a non-empty string")
     if name in MODELS and not replace:
-        raise ValueError(f"model {name!r} is already registered (pass replace=True to override)")
+        raise UserError(f"model {name!r} is already registered (pass replace=True to override)")
 
     def add(fn: _Builder) -> _Builder:
         if not callable(fn):
-            raise ValueError(f"model {name!r} builder {fn!r} is not callable")
+            raise UserError(f"model {name!r} builder {fn!r} is not callable")
         names, _, takes_any = keyword_options(fn)
         for argument in _DERIVED_ARGUMENTS:
             if argument not in names and not takes_any:
-                raise ValueError(
+                raise UserError(
                     f"model {name!r} builder {fn.__name__!r} does not take keyword {argument!r}"
                 )
         MODELS[name] = fn
@@ -155,7 +156,7 @@ def build_model(
 
 def _lookup(name: str) -> ModelBuilder:
     if not isinstance(name, str) or name not in MODELS:
-        raise ValueError(f"model {name!r} is not one of: {', '.join(sorted(MODELS))}")
+        raise UserError(f"model {name!r} is not one of: {', '.join(sorted(MODELS))}")
     return MODELS[name]
 
 
@@ -165,10 +166,10 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
         " (positive integers, no batch axis)"
     )
     if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
-        raise ValueError(message)
+        raise UserError(message)
     shape = tuple(input_shape)
     if len(shape) not in (2, 3) or any(
         isinstance(n, bool) or not isinstance(n, Integral) or n < 1 for n in shape
     ):
-        raise ValueError(message)
+        raise UserError(message)
     return tuple(int(n) for n in shape)

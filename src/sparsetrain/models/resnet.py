@@ -42,6 +42,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from ..errors import UserError
 
 __all__ = [
     "BasicBlock",
@@ -153,7 +154,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         if block not in (BasicBlock, Bottleneck):
-            raise ValueError(f"block={block!r} must be BasicBlock or Bottleneck")
+            raise UserError(f"block={block!r} must be BasicBlock or Bottleneck")
         layers = _check_layers(layers)
         _check_positive_int("num_classes", num_classes)
         _check_positive_int("in_channels", in_channels)
@@ -272,21 +273,21 @@ def resnet50(
 
 def _check_positive_int(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        raise UserError(f"{name}={value!r} must be an integer >= 1")
 
 
 def _check_bool(name: str, value: bool) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be true or false")
+        raise UserError(f"{name}={value!r} must be true or false")
 
 
 def _check_layers(layers: Sequence[int]) -> tuple[int, ...]:
     message = f"layers={layers!r} must be four integers >= 1 (blocks in layer1..layer4)"
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
-        raise ValueError(message)
+        raise UserError(message)
     as_tuple = tuple(layers)
     if len(as_tuple) != 4 or any(
         isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in as_tuple
     ):
-        raise ValueError(message)
+        raise UserError(message)
     return as_tuple

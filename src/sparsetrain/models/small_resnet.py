@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from ..errors import UserError
 
 _CONV_BY_DIM = {1: nn.Conv1d, 2: nn.Conv2d}
 _BATCHNORM_BY_DIM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
@@ -124,7 +125,7 @@ class SmallResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expected_rank = self.dim + 2
         if x.dim() != expected_rank:
-            raise ValueError(
+            raise UserError(
                 f"input has shape {tuple(x.shape)}; dim={self.dim} expects {expected_rank} axes"
                 f" (batch, {self.in_channels} channels, {'length' if self.dim == 1 else 'H, W'})"
             )
@@ -153,21 +154,21 @@ def small_resnet(
 
 def _check_positive_int(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        raise UserError(f"{name}={value!r} must be an integer >= 1")
 
 
 def _check_dim(dim: int) -> None:
     if isinstance(dim, bool) or dim not in (1, 2):
-        raise ValueError(f"dim={dim!r} must be 1 (Conv1d) or 2 (Conv2d)")
+        raise UserError(f"dim={dim!r} must be 1 (Conv1d) or 2 (Conv2d)")
 
 
 def _check_blocks_per_stage(blocks_per_stage: Sequence[int]) -> tuple[int, ...]:
     message = f"blocks_per_stage={blocks_per_stage!r} must be a non-empty sequence of integers >= 1"
     if isinstance(blocks_per_stage, (str, bytes)) or not isinstance(blocks_per_stage, Sequence):
-        raise ValueError(message)
+        raise UserError(message)
     as_tuple = tuple(blocks_per_stage)
     if not as_tuple or any(
         isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in as_tuple
     ):
-        raise ValueError(message)
+        raise UserError(message)
     return as_tuple

@@ -47,6 +47,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import UserError
 
 __all__ = ["NetworkBlock", "WideBasicBlock", "WideResNet", "wide_resnet"]
 
@@ -113,11 +114,11 @@ class WideResNet(nn.Module):
         for name, value, low in (("depth", depth, 10), ("widen_factor", widen_factor, 1),
                                  ("num_classes", num_classes, 1), ("in_channels", in_channels, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r} is not an integer >= {low}")
+                raise UserError(f"{name}={value!r} is not an integer >= {low}")
         if (depth - 4) % 6 != 0:
-            raise ValueError(f"depth={depth!r} is not 6n + 4 (e.g. 16, 22, 28, 40)")
+            raise UserError(f"depth={depth!r} is not 6n + 4 (e.g. 16, 22, 28, 40)")
         if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)) or not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate={drop_rate!r} is not a number in [0, 1)")
+            raise UserError(f"drop_rate={drop_rate!r} is not a number in [0, 1)")
         self.depth = depth
         self.widen_factor = widen_factor
         self.drop_rate = float(drop_rate)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from ..errors import UserError
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -94,13 +95,13 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
-        raise ValueError(f"{run_dir}: not a run directory (no config.yaml)")
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
     try:
         config = yaml.safe_load(config_path.read_text())
     except yaml.YAMLError as exc:
-        raise ValueError(f"{config_path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{config_path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: expected a YAML mapping, got {type(config).__name__}")
+        raise UserError(f"{config_path}: expected a YAML mapping, got {type(config).__name__}")
 
     record = RunRecord(run_dir=run_dir, config=config)
     record.metrics = _read_jsonl(run_dir / "metrics.jsonl", record.missing, "no evaluations recorded")

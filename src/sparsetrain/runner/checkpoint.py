@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 FORMAT = "sparsetrain-checkpoint-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message is one line and names the file."""
 
 

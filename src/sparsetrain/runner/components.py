@@ -17,13 +17,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig, LRScheduleConfig, OptimizerConfig
 from .lr_schedules import LRSchedule
+from ..errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but no CUDA device is available; use device=cpu or device=auto")
+        raise UserError("device='cuda' but no CUDA device is available; use device=cpu or device=auto")
     return torch.device(name)
 
 
@@ -52,7 +53,7 @@ def parse_selectors(patterns: list[str] | None) -> list[Any] | None:
         if pattern.startswith("nn."):
             module_type = getattr(nn, pattern[3:], None)
             if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-                raise ValueError(f"targets selector {pattern!r} is not a torch.nn module type")
+                raise UserError(f"targets selector {pattern!r} is not a torch.nn module type")
             selectors.append(module_type)
         else:
             selectors.append(pattern)
@@ -63,7 +64,7 @@ def autocast_context(amp: str, device: torch.device) -> contextlib.AbstractConte
     if amp == "off":
         return contextlib.nullcontext()
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError("training.amp='fp16' needs a CUDA device; use 'bf16' on CPU")
+        raise UserError("training.amp='fp16' needs a CUDA device; use 'bf16' on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 

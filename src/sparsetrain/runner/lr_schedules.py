@@ -78,6 +78,7 @@ import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
+from ..errors import UserError
 
 __all__ = ["KINDS", "LRSchedule", "describe", "set_lr"]
 
@@ -130,30 +131,30 @@ class LRSchedule:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"lr.kind={self.kind!r} must be one of {', '.join(KINDS)}")
+            raise UserError(f"lr.kind={self.kind!r} must be one of {', '.join(KINDS)}")
         if not _is_real(self.base_lr) or self.base_lr <= 0:
-            raise ValueError(f"lr.base_lr={self.base_lr!r} must be a finite number > 0")
+            raise UserError(f"lr.base_lr={self.base_lr!r} must be a finite number > 0")
         if not _is_int(self.total) or self.total < 1:
-            raise ValueError(f"lr.total={self.total!r} must be an integer >= 1")
+            raise UserError(f"lr.total={self.total!r} must be an integer >= 1")
         if not _is_int(self.warmup) or self.warmup < 0:
-            raise ValueError(f"lr.warmup={self.warmup!r} must be an integer >= 0")
+            raise UserError(f"lr.warmup={self.warmup!r} must be an integer >= 0")
         if self.kind == "inverse_sqrt":
             if self.warmup < 1:
-                raise ValueError(f"lr.warmup={self.warmup} must be >= 1 for lr.kind='inverse_sqrt'")
+                raise UserError(f"lr.warmup={self.warmup} must be >= 1 for lr.kind='inverse_sqrt'")
         elif self.warmup >= self.total:
-            raise ValueError(f"lr.warmup={self.warmup} must be < lr.total={self.total}")
+            raise UserError(f"lr.warmup={self.warmup} must be < lr.total={self.total}")
         if not _is_real(self.warmup_init_lr) or not 0 <= self.warmup_init_lr <= self.base_lr:
-            raise ValueError(
+            raise UserError(
                 f"lr.warmup_init_lr={self.warmup_init_lr!r} must be in [0, lr.base_lr={self.base_lr}]"
             )
         if self.warmup == 0 and self.warmup_init_lr != 0:
-            raise ValueError(
+            raise UserError(
                 f"lr.warmup_init_lr={self.warmup_init_lr} must be 0 when lr.warmup=0 (no warm-up)"
             )
         if not _is_real(self.min_lr) or not 0 <= self.min_lr <= self.base_lr:
-            raise ValueError(f"lr.min_lr={self.min_lr!r} must be in [0, lr.base_lr={self.base_lr}]")
+            raise UserError(f"lr.min_lr={self.min_lr!r} must be in [0, lr.base_lr={self.base_lr}]")
         if self.kind == "inverse_sqrt" and self.min_lr != 0:
-            raise ValueError(
+            raise UserError(
                 f"lr.min_lr={self.min_lr} must be 0 for lr.kind='inverse_sqrt' "
                 "(fairseq's --min-lr stops training, it is not an LR floor)"
             )
@@ -163,34 +164,34 @@ class LRSchedule:
             milestones = tuple(milestones)
             object.__setattr__(self, "milestones", milestones)
         else:
-            raise ValueError(f"lr.milestones={milestones!r} must be a list of integers")
+            raise UserError(f"lr.milestones={milestones!r} must be a list of integers")
 
         if self.kind == "step":
             if (self.step_size is None) == (len(milestones) == 0):
-                raise ValueError(
+                raise UserError(
                     f"lr.step_size={self.step_size!r} and lr.milestones={list(milestones)}: "
                     "exactly one must be set for lr.kind='step'"
                 )
             if self.step_size is not None and (not _is_int(self.step_size) or self.step_size < 1):
-                raise ValueError(f"lr.step_size={self.step_size!r} must be an integer >= 1")
+                raise UserError(f"lr.step_size={self.step_size!r} must be an integer >= 1")
             if milestones:
                 if not all(_is_int(m) for m in milestones):
-                    raise ValueError(f"lr.milestones={list(milestones)} must be integers")
+                    raise UserError(f"lr.milestones={list(milestones)} must be integers")
                 if any(b <= a for a, b in zip(milestones, milestones[1:])):
-                    raise ValueError(f"lr.milestones={list(milestones)} must be strictly increasing")
+                    raise UserError(f"lr.milestones={list(milestones)} must be strictly increasing")
                 if milestones[0] < 1 or milestones[-1] >= self.total:
-                    raise ValueError(
+                    raise UserError(
                         f"lr.milestones={list(milestones)} must lie in [1, lr.total={self.total})"
                     )
             if not _is_real(self.gamma) or not 0 < self.gamma <= 1:
-                raise ValueError(f"lr.gamma={self.gamma!r} must be in (0, 1]")
+                raise UserError(f"lr.gamma={self.gamma!r} must be in (0, 1]")
         else:
             if self.step_size is not None:
-                raise ValueError(
+                raise UserError(
                     f"lr.step_size={self.step_size!r} is only valid for lr.kind='step' (got {self.kind!r})"
                 )
             if milestones:
-                raise ValueError(
+                raise UserError(
                     f"lr.milestones={list(milestones)} are only valid for lr.kind='step' (got {self.kind!r})"
                 )
 
@@ -203,13 +204,13 @@ class LRSchedule:
         ``ValueError``.
         """
         if not _is_real(t):
-            raise ValueError(f"t={t!r} must be a finite number")
+            raise UserError(f"t={t!r} must be a finite number")
         if self.kind == "inverse_sqrt":
             if t < 0:
-                raise ValueError(f"t={t} must be >= 0 for lr.kind='inverse_sqrt'")
+                raise UserError(f"t={t} must be >= 0 for lr.kind='inverse_sqrt'")
             return self._inverse_sqrt(t)
         if not 0 <= t < self.total:
-            raise ValueError(f"t={t} must be in [0, lr.total={self.total})")
+            raise UserError(f"t={t} must be in [0, lr.total={self.total})")
 
         b, m, W, T = self.base_lr, self.min_lr, self.warmup, self.total
         if t < W:
@@ -258,7 +259,7 @@ def set_lr(optimizer: Any, lr: float) -> None:
     ``torch.optim.Optimizer``). ``lr`` must be finite and ``>= 0``.
     """
     if not _is_real(lr) or lr < 0:
-        raise ValueError(f"lr={lr!r} must be a finite number >= 0")
+        raise UserError(f"lr={lr!r} must be a finite number >= 0")
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
 

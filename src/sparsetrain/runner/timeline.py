@@ -27,6 +27,7 @@ from ..config import (
 )
 from ..methods import GaPLayout, Schedule, dst_events, gap_events, gap_layout, gmp_events, one_shot_prune
 from ..sparsity.partitions import Partition
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def build_timeline(
 ) -> Timeline:
     """Lay out ``config``; ``partitions[i]`` are the partitions of GaP stage ``i`` (needed for kappa)."""
     if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch={steps_per_epoch} must be >= 1 (is the training set empty?)")
+        raise UserError(f"steps_per_epoch={steps_per_epoch} must be >= 1 (is the training set empty?)")
     spans, events = [], []
     epoch = 0
     for index, stage in enumerate(config.stages):
@@ -124,7 +125,7 @@ def build_timeline(
             epoch += stage.epochs
         elif isinstance(stage, GaPStage):
             if partitions is None or index not in partitions:
-                raise ValueError(f"stages.{index} ({stage.kind}) needs its partitions, resolved against the model")
+                raise UserError(f"stages.{index} ({stage.kind}) needs its partitions, resolved against the model")
             parts = tuple(partitions[index])
             seed = config.seed if stage.mask_seed is None else stage.mask_seed
             layout = gap_layout(stage.kind, len(parts), stage.epochs_per_step, stage.rounds, stage.finetune_epochs,

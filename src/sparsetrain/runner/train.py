@@ -72,6 +72,7 @@ from .lr_schedules import set_lr
 from .flops import TRAINING_PASSES, target_forward_flops, training_flops_per_example
 from .outputs import append_jsonl, rewrite_jsonl, write_gpmt_reference_files, write_layer_csv
 from .timeline import Segment, StageSpan, Timeline, build_timeline
+from ..errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -340,7 +341,7 @@ class _Run:
         owners = ownership(list(self.model.state_dict()), span.partitions)
         owners = {key: 0 if owner is None else owner for key, owner in owners.items()}
         if self.dist is not None and self.dist.world_size != layout.kappa:
-            raise ValueError(f"P-GaP with kappa={layout.kappa} needs {layout.kappa} processes, got "
+            raise UserError(f"P-GaP with kappa={layout.kappa} needs {layout.kappa} processes, got "
                              f"WORLD_SIZE={self.dist.world_size}")
         workers = [self.dist.rank] if self.dist is not None else list(range(layout.kappa))
         first_round = (self.epoch - span.start_epoch) // per_round
@@ -400,7 +401,7 @@ class _Run:
             return
         world = self.dist.world_size
         if self.config.data.batch_size < world:
-            raise ValueError(f"data.batch_size={self.config.data.batch_size} is the global batch; it must be at "
+            raise UserError(f"data.batch_size={self.config.data.batch_size} is the global batch; it must be at "
                              f"least WORLD_SIZE={world}")
         has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         sync = self.config.distributed.sync_batchnorm
@@ -456,7 +457,7 @@ def resolve_timeline(config: RunConfig, targets, num_train_examples: int) -> Tim
             try:
                 build_lr_schedule(span.lr_schedule, span.optimizer.lr, segment.epochs, spe)
             except ValueError as exc:
-                raise ValueError(f"stages.{span.index}.lr_schedule: {exc} ({segment.epochs} epochs of "
+                raise UserError(f"stages.{span.index}.lr_schedule: {exc} ({segment.epochs} epochs of "
                                  f"{spe} steps)") from None
     return timeline
 

@@ -1,11 +1,13 @@
 """The one exception type the engine raises for bad input.
 
-It subclasses ``ValueError`` so callers that catch ``ValueError`` keep working; the command line
+It subclasses ``UserError`` (a ``ValueError``), so callers that catch ``ValueError`` keep working; the command line
 prints its message as a single line. Every message names the bad value and the valid range.
 """
 
+from ..errors import UserError
 
-class SparsityError(ValueError):
+
+class SparsityError(UserError):
     """Invalid sparsity request: bad value, empty selection, unreachable budget, corrupt state."""
 
 
