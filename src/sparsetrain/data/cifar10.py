@@ -16,13 +16,14 @@ Invariants of :func:`load_cifar10_split`:
   ``train_std`` are therefore ``0.0`` / ``1.0``;
 * a missing file or a malformed batch raises a one-line ``ValueError`` naming the file.
 
-The batches are Python pickles, as distributed: only load files you trust.
+The batches are Python pickles, as distributed. They are read by
+:class:`~sparsetrain.safe_pickle.RestrictedUnpickler`, which builds only containers, bytes, numbers
+and numpy arrays; a batch naming any other global is refused and nothing in it runs.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from torch.utils.data import Dataset
 from .digits import ClassificationSplit
 from .transforms import cifar10_eval_transform, cifar10_train_transform
 from ..errors import UserError
+from ..safe_pickle import UnsafePickleError, restricted_load
 
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCH = "test_batch"
@@ -145,7 +147,9 @@ def _class_names(meta_path: Path) -> tuple[str, ...]:
 def _unpickle(path: str | os.PathLike[str]) -> dict[Any, Any]:
     try:
         with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
+            batch = restricted_load(handle, f"CIFAR-10 file {str(path)!r}", encoding="bytes")
+    except UnsafePickleError:
+        raise
     except Exception as exc:  # unpickling garbage can raise almost anything
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise UserError(f"CIFAR-10 file {str(path)!r} is not a readable pickle ({reason})") from None

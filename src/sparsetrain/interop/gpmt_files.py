@@ -41,24 +41,20 @@ GPMT-Authors/Global-Pruning-With-Minimum-Threshold) writes these files:
 Our own mask-list format (:func:`save_mask_list`) is a ``torch.save`` file
 holding a list of 0/1 float32 CPU tensors, in ``modules()`` order.
 
-This module works on plain Python, numpy and torch values only. It imports
-nothing else from ``sparsetrain``.
+This module works on plain Python, numpy and torch values only. From
+``sparsetrain`` it imports only ``errors`` and ``safe_pickle``.
 """
 
 from __future__ import annotations
 
-import codecs
-import collections
 import contextlib
 import csv
-import io
 import math
 import operator
 import os
 import pickle
 import pickletools
 import secrets
-import warnings
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Sequence, Union
 
@@ -66,6 +62,7 @@ import numpy as np
 import numpy.lib.format as npy_format
 import torch
 from ..errors import UserError
+from ..safe_pickle import UnsafePickleError, restricted_load, safe_torch_load
 
 __all__ = [
     "PRUNE_LOG_COLUMNS",
@@ -418,7 +415,8 @@ def load_mask_list(path: PathLike) -> list[torch.Tensor]:
     The format is detected from the file's content, not its name:
 
     * a ``torch.save`` file holding a list of tensors, as written by
-      :func:`save_mask_list`. It is read with ``weights_only=True``.
+      :func:`save_mask_list`. It is read by
+      :func:`~sparsetrain.safe_pickle.safe_torch_load` (``weights_only=True``).
     * an ``.npy`` holding a 1-D object array whose elements are torch
       tensors or numpy arrays. This covers the reference's
       ``weight_mask.npy`` and :func:`write_weight_mask_npy` output. Tensors
@@ -426,12 +424,13 @@ def load_mask_list(path: PathLike) -> list[torch.Tensor]:
     * an ``.npy`` holding a plain numeric array. Each slice along the first
       axis is one mask.
 
-    For object ``.npy`` files the pickle is read by a restricted unpickler.
-    It allows only the numpy and torch functions that rebuild arrays and
+    For object ``.npy`` files the pickle is read by
+    :class:`~sparsetrain.safe_pickle.RestrictedUnpickler` with tensors
+    allowed: only the numpy and torch functions that rebuild arrays and
     tensors. torch's storage rebuild function ``torch.storage._load_from_bytes``
     is replaced by one that calls ``torch.load(..., map_location="cpu",
     weights_only=True)`` on the embedded legacy storage bytes. Any other
-    global in the pickle is refused.
+    global in the pickle is refused with a one-line ``UserError``.
 
     Raises:
         ValueError: the file is not in one of these formats, or an element is
@@ -495,9 +494,9 @@ def _as_bool_mask(obj: Any, label: str) -> torch.Tensor:
 
 def _read_torch_items(f: IO[bytes], name: str) -> list[Any]:
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated")
-            obj = torch.load(f, map_location="cpu", weights_only=True)
+        obj = safe_torch_load(f, f"mask file {name!r}")
+    except UnsafePickleError:
+        raise
     except Exception as e:  # torch raises many types for foreign or corrupt files
         raise UserError(
             f"{name}: not a torch mask-list file or a .npy file ({type(e).__name__}: {_one_line(e)})"
@@ -532,11 +531,9 @@ def _read_npy_items(f: IO[bytes], name: str) -> list[Any]:
     if dtype != np.dtype(object):
         raise UserError(f"{name}: unsupported .npy dtype {dtype}; expected an object array")
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated")
-            obj = _CpuMaskUnpickler(f).load()
-    except _RefusedGlobal as e:
-        raise UserError(f"{name}: {e}") from None
+        obj = restricted_load(f, f"mask file {name!r}", tensors=True)
+    except UnsafePickleError:
+        raise
     except Exception as e:  # a corrupt pickle can raise nearly anything
         raise UserError(
             f"{name}: cannot unpickle the mask array ({type(e).__name__}: {_one_line(e)})"
@@ -554,80 +551,6 @@ def _read_npy_items(f: IO[bytes], name: str) -> list[Any]:
     if isinstance(obj, (list, tuple)):
         return list(obj)
     raise UserError(f"{name}: expected an array of masks, found a {type(obj).__name__}")
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    pass
-
-
-def _load_storage_bytes_on_cpu(data: bytes) -> Any:
-    """Stand-in for ``torch.storage._load_from_bytes`` that maps storages to the CPU.
-
-    When a tensor is pickled with plain ``pickle``, torch stores its storage
-    as the bytes of a legacy ``torch.save`` of that storage. On unpickling
-    it calls ``torch.storage._load_from_bytes(b)``, which is
-    ``torch.load(io.BytesIO(b), weights_only=False)``. That call restores the
-    saved device ('cuda:0' in the reference's files) and fails without CUDA.
-    """
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    reconstruct = np.empty(0).__reduce__()[0]
-    scalar = np.float64(0).__reduce__()[0]
-    allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("torch.storage", "_load_from_bytes"): _load_storage_bytes_on_cpu,
-        ("torch", "Tensor"): torch.Tensor,
-        ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
-    }
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = reconstruct
-        allowed[(module, "scalar")] = scalar
-    for module, names in (
-        (
-            "torch._utils",
-            (
-                "_rebuild_tensor",
-                "_rebuild_tensor_v2",
-                "_rebuild_tensor_v3",
-                "_rebuild_parameter",
-                "_rebuild_parameter_with_state",
-            ),
-        ),
-        ("torch._tensor", ("_rebuild_from_type", "_rebuild_from_type_v2")),
-    ):
-        owner = __import__(module, fromlist=["_"])
-        for fn_name in names:
-            fn = getattr(owner, fn_name, None)
-            if fn is not None:
-                allowed[(module, fn_name)] = fn
-    return allowed
-
-
-class _CpuMaskUnpickler(pickle.Unpickler):
-    """Unpickler for ``weight_mask.npy`` payloads: restricted globals, storages on the CPU."""
-
-    _allowed: dict[tuple[str, str], Any] | None = None
-
-    def __init__(self, file: IO[bytes]) -> None:
-        # latin1 also reads numpy arrays pickled by Python 2.
-        super().__init__(file, encoding="latin1")
-
-    def find_class(self, module: str, name: str) -> Any:
-        if _CpuMaskUnpickler._allowed is None:
-            _CpuMaskUnpickler._allowed = _allowed_globals()
-        found = _CpuMaskUnpickler._allowed.get((module, name))
-        if found is not None:
-            return found
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise _RefusedGlobal(
-            f"the mask pickle refers to {module}.{name}, which a mask file never needs; refused"
-        )
 
 
 _NUMPY2_RECONSTRUCT = b"cnumpy._core.multiarray\n_reconstruct\n"

@@ -6,7 +6,14 @@ It is written to a temporary file in the same directory, flushed to disk and ren
 target, so a crash leaves either the old checkpoint or the new one, never half of one.
 
 ``load_state_dict_from`` reads plain model state dicts for ``init.checkpoint`` and ``eval``:
-raw dicts, ``{'state_dict': ...}`` / ``{'model': ...}`` wrappers and DDP ``module.`` prefixes.
+raw dicts, ``{'state_dict': ...}`` / ``{'model': ...}`` / ``{'model_state_dict': ...}`` wrappers
+(GaP, GPMT, fairseq, PointNet++, NVIDIA SSD) and DDP ``module.`` prefixes.
+
+Every file is read by :func:`~sparsetrain.safe_pickle.safe_torch_load`: only tensors, numbers,
+strings, containers, ``argparse.Namespace`` and numpy arrays/scalars are built, and a file naming
+any other global is refused before anything in it runs. Run checkpoints of format v2 hold no
+numpy objects at all (the NumPy RNG state is stored as a list of ints); v1 files, whose NumPy RNG
+state is an array, still load and are converted on reading.
 """
 
 from __future__ import annotations
@@ -20,8 +27,12 @@ import torch
 
 from ..atomic import atomic_write
 from ..errors import UserError
+from ..safe_pickle import UnsafePickleError, safe_torch_load
 
-FORMAT = "sparsetrain-checkpoint-v1"
+FORMAT = "sparsetrain-checkpoint-v2"
+FORMAT_V1 = "sparsetrain-checkpoint-v1"
+_FORMAT_PREFIX = "sparsetrain-checkpoint-"
+_STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 
 
 class CheckpointError(UserError):
@@ -34,15 +45,24 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state as plain Python values and tensors, so a checkpoint needs no numpy global.
+
+    ``numpy`` is NumPy's legacy tuple with the 624 MT19937 keys as a list of ints:
+    ``("MT19937", [keys], pos, has_gauss, cached_gaussian)``.
+    """
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = (str(name), keys.tolist(), int(pos), int(has_gauss), float(cached_gaussian))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s result; the NumPy keys may be a list (v2) or an array (v1)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -52,7 +72,9 @@ def _read(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return safe_torch_load(path)
+    except UnsafePickleError as exc:
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:  # torch raises many types for truncated or foreign files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file ({reason[:120]})") from None
@@ -63,11 +85,20 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, fingerprint: str | None = None) -> dict[str, Any]:
-    """A run checkpoint; with ``fingerprint``, refuse one written under a different config."""
+    """A run checkpoint in the current format (v1 files are converted); with ``fingerprint``,
+    refuse one written under a different config."""
     path = Path(path)
     payload = _read(path)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if not isinstance(found, str) or not found.startswith(_FORMAT_PREFIX):
         raise CheckpointError(f"checkpoint {str(path)!r} is not a sparsetrain run checkpoint")
+    if found not in (FORMAT, FORMAT_V1):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format {found!r}, which this sparsetrain cannot read "
+            f"(it reads {FORMAT_V1!r} and {FORMAT!r})"
+        )
+    if found == FORMAT_V1:
+        payload = _from_v1(payload)
     if fingerprint is not None and payload.get("fingerprint") != fingerprint:
         raise CheckpointError(
             f"checkpoint {str(path)!r} was written by config {payload.get('fingerprint')} but this run's config is "
@@ -76,13 +107,24 @@ def load_checkpoint(path: str | Path, fingerprint: str | None = None) -> dict[st
     return payload
 
 
+def _from_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    """A v1 run checkpoint as v2: the only difference is the NumPy RNG keys (array -> list of ints)."""
+    rng = dict(payload["rng"])
+    name, keys, *rest = rng["numpy"]
+    rng["numpy"] = (name, np.asarray(keys).tolist(), *rest)
+    return {**payload, "format": FORMAT, "rng": rng}
+
+
 def load_state_dict_from(path: str | Path) -> dict[str, torch.Tensor]:
-    """A model state dict from a plain, wrapped or DDP-prefixed file (ours included)."""
+    """A model state dict from a plain, wrapped or DDP-prefixed file (ours included).
+
+    Wrappers are searched in the order ``state_dict``, ``model``, ``model_state_dict``, each
+    applied when its value is a dict, so the model of a fairseq, PointNet++ or NVIDIA SSD
+    checkpoint is found beside its optimizer state, args and metadata.
+    """
     path = Path(path)
     payload = _read(path)
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        payload = payload["model"]
-    for key in ("state_dict", "model"):
+    for key in _STATE_DICT_KEYS:
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
             payload = payload[key]
     if not isinstance(payload, dict) or not all(torch.is_tensor(v) for v in payload.values()):
