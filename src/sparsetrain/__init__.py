@@ -5,9 +5,32 @@ The one-shot API lives at the top level::
     masks = sparsetrain.prune(model, 0.9, method="gpmt", min_threshold=0.05)
     sparsifier = sparsetrain.Sparsifier(model, masks)
     ...  # loss.backward(); optimizer.step(); sparsifier.step(optimizer)
+
+The top-level names are loaded on first use (PEP 562), so ``import sparsetrain`` and the command
+line's ``--help``/``--version`` do not import torch.
 """
 
-from .sparsity import MaskSet, Sparsifier, SparsityError, prune, select_targets
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["MaskSet", "Sparsifier", "SparsityError", "__version__", "prune", "select_targets"]
+
+_LAZY = {"MaskSet", "Sparsifier", "SparsityError", "prune", "select_targets"}  # all from .sparsity
+
+if TYPE_CHECKING:
+    from .sparsity import MaskSet, Sparsifier, SparsityError, prune, select_targets
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(".sparsity", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)

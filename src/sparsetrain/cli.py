@@ -24,38 +24,77 @@ from . import __version__
 from .errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Takes ``key=value`` overrides anywhere on the line, before or after the options.
+
+    argparse fills an ``nargs='*'`` positional with the first run of positionals only, so in
+    ``eval CKPT --config C seed=1`` the override ``seed=1`` would be left over ("unrecognized
+    arguments"). Left-over ``key=value`` words join the command's ``overrides``, in order.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        overrides = getattr(namespace, "overrides", None)
+        if isinstance(overrides, list):
+            overrides.extend(a for a in extras if "=" in a and not a.startswith("-"))
+            extras = [a for a in extras if not ("=" in a and not a.startswith("-"))]
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sparsetrain",
-        description="Make PyTorch models sparse and keep them accurate (GP, GPMT; GaP in progress).",
+        description="Make PyTorch models sparse and keep them accurate: global magnitude pruning (GP, GPMT), "
+        "scheduled grow-and-prune (S-GaP, P-GaP) and the baselines GMP, SET, RigL, random and layer-wise "
+        "magnitude pruning, from one YAML config per run. 'sparsetrain COMMAND --help' describes each command.",
     )
     parser.add_argument("--version", action="version", version=f"sparsetrain {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = commands.add_parser("run", help="train one config", description="Train one config, or resume a run.")
+    p = commands.add_parser(
+        "run", help="train one config, or continue a stopped run with --resume RUN_DIR",
+        description="Train one config (key=value overrides as dotted keys), or continue a stopped run from its "
+        "last checkpoint with --resume RUN_DIR.")
     p.add_argument("config", nargs="?", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. stages.1.sparsity=0.8 seed=1")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
 
-    p = commands.add_parser("plan", help="print the schedule of a config without training")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p = commands.add_parser(
+        "plan", help="print the stages, epochs and every mask event of a config, without training",
+        description="Print the stages, epochs, optimizer steps, partitions and every mask event of a config, "
+        "and its training FLOPs with a GPU-hours estimate. Nothing is trained; ImageNet and CIFAR-10 configs "
+        "need no data on disk.")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config keys, e.g. seed=1")
     p.add_argument("--gpu-tflops", type=float, default=60.0,
                    help="effective training throughput of one GPU for the GPU-hours estimate (default %(default)s)")
 
-    p = commands.add_parser("eval", help="evaluate a checkpoint: top-1 and per-layer sparsity")
-    p.add_argument("checkpoint", help="run checkpoint, plain state dict, {'state_dict': ...} or module.-prefixed")
+    p = commands.add_parser(
+        "eval", help="print a checkpoint's per-layer sparsity table and its test top-1 and loss",
+        description="Load CHECKPOINT into the model of --config and print its per-layer sparsity table (counted "
+        "from the zero weights of the targets) and one line with test top-1, test loss and sparsity over the "
+        "targets and over all parameters; with --masks, first one line with that mask file's sparsity and the "
+        "number of weights that are non-zero where it prunes. key=value overrides may come before or after "
+        "the options.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="run checkpoint, plain state dict, {'state_dict': ...} or module.-prefixed")
     p.add_argument("--config", required=True, help="the config that defines task, model and targets")
     p.add_argument("--masks", help="a mask list in modules() order (the GPMT reference's weight_mask.npy, or "
                    "our torch mask file): report its sparsity and check the weights are zero where it prunes")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config keys, e.g. device=cuda")
 
-    p = commands.add_parser("report", help="write report.md and plots for a run directory")
-    p.add_argument("run_dir")
+    p = commands.add_parser(
+        "report", help="write report.md and plots for a run directory",
+        description="(Re)write report.md, plot_metrics.png and plot_layer_sparsity.png of a run directory from "
+        "its files, and print the report's path.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
 
-    p = commands.add_parser("demo", help="dense vs GP vs GPMT on embedded MNIST-1D, one table",
-                            description="Run every config of configs/demo through the runner and print one "
-                            "table in the GaP paper's format (a few minutes on 2 CPU cores).")
+    p = commands.add_parser(
+        "demo", help="dense, GP, GPMT, S-GaP and P-GaP at sparsity 0.8 and 0.9 on embedded MNIST-1D, one table",
+        description="Run every config of the packaged demo through the runner, on embedded MNIST-1D with the "
+        "same 20-epoch budget each: dense; GP, GPMT, S-GaP uniform, S-GaP non-uniform and P-GaP uniform, each "
+        "at sparsity 0.8 and 0.9 (GaP with kappa 4). Print one table in the GaP paper's format and write it to "
+        "OUT/results.md, with one run directory per config. --configs runs another directory's *.yaml instead.")
     p.add_argument("--out", default="runs/demo", help="output directory (default: %(default)s)")
     p.add_argument("--configs", default=None, help="directory of demo configs (default: the packaged ones)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every demo config")
