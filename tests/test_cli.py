@@ -112,7 +112,7 @@ def test_demo_on_tiny_configs(tmp_path, capsys):
     (configs / "0_dense.yaml").write_text(yaml.safe_dump(dense))
     (configs / "1_gpmt.yaml").write_text(yaml.safe_dump(TINY))
     out = tmp_path / "demo"
-    for _ in range(2):  # a second demo replaces the first one's runs
+    for _ in range(2):  # a second demo keeps the first one's finished runs and rewrites results.md
         assert main(["demo", "--configs", str(configs), "--out", str(out)]) == 0
     text = (out / "results.md").read_text()
     assert "| Model | Method | Partition | Sparsity Ratio | Sparsity Distribution | Top-1 Accuracy |" in text

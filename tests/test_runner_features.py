@@ -56,7 +56,8 @@ def test_option_combinations_train_and_keep_sparsity_exact(tmp_path, overrides):
 def test_lr_follows_the_schedule_per_iteration_and_per_epoch(tmp_path):
     config, _ = _run(tmp_path, ["lr_schedule.kind=cosine", "lr_schedule.warmup=2"])
     with pytest.raises(ValueError, match=r"stages.0.lr_schedule: lr.warmup=2 must be < lr.total=1 \(1 epochs of 5 steps\)"):
-        _run(tmp_path, ["lr_schedule.kind=cosine", "lr_schedule.warmup=2", "lr_schedule.unit=epoch"])
+        _run(tmp_path, ["lr_schedule.kind=cosine", "lr_schedule.warmup=2", "lr_schedule.unit=epoch",
+                        f"output_dir={tmp_path / 'per_epoch'}"])
     timeline = build_timeline(config, 6)  # 400 * 0.8 = 320 examples / 64 = 5 steps per epoch; 6 to check scaling
     (segment,) = timeline.stages[2].segments
     assert (segment.start_epoch, segment.epochs) == (1, 2)

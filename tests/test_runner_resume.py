@@ -125,18 +125,25 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     from sparsetrain.runner.checkpoint import CheckpointError
     from sparsetrain.runner.train import run
 
+    from sparsetrain.config import dump_config
+    from sparsetrain.errors import UserError
+
     config = load_config(_config(tmp_path, "c"), ["stages.2.epochs=1", "stages.0.epochs=1"])
     run_dir = tmp_path / "c"
     run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(dump_config(config))  # a run directory of 0.1, which had no run.json
     (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError, match="is corrupt or not a torch file"):
         run(config, resume=True, log=lambda s: None)
-    with pytest.raises(CheckpointError, match="already holds a run"):
+    with pytest.raises(UserError, match="holds files sparsetrain did not write"):
         run(config, log=lambda s: None)
-    (run_dir / "checkpoint.pt").unlink()
+    for path in run_dir.iterdir():
+        path.unlink()
     run(config, log=lambda s: None)
+    with pytest.raises(UserError, match="holds a finished run"):
+        run(config, log=lambda s: None)
     other = load_config(_config(tmp_path, "c"), ["stages.2.epochs=2", "stages.0.epochs=1"])
-    with pytest.raises(CheckpointError, match="was written by config .* but this run's config is"):
+    with pytest.raises(UserError, match="its run is of config .* but this config is"):
         run(other, resume=True, log=lambda s: None)
-    with pytest.raises(CheckpointError, match="cannot resume: .* does not exist"):
+    with pytest.raises(UserError, match="cannot resume .*: the directory does not exist"):
         run(load_config(_config(tmp_path, "fresh")), resume=True, log=lambda s: None)

@@ -5,7 +5,7 @@
     sparsetrain plan CONFIG [key=value ...]     print stages, epochs and every mask event, no training
     sparsetrain eval CHECKPOINT --config CONFIG top-1 and per-layer sparsity of any checkpoint
     sparsetrain report RUN_DIR                  (re)write report.md and the plots of a run
-    sparsetrain demo [--out DIR]                the embedded-data comparison table
+    sparsetrain demo [--out DIR] [--fresh]      the embedded-data comparison table
 
 Bad input (a ``UserError``: config, sparsity, checkpoint and data errors all are) prints one
 line, ``error: <message>``, to stderr and exits with status 2, without a traceback. Any other
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. stages.1.sparsity=0.8 seed=1")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run in the output directory (deletes only the files a run writes; "
+                   "a directory holding files sparsetrain did not write is refused all the same)")
 
     p = commands.add_parser(
         "plan", help="print the stages, epochs and every mask event of a config, without training",
@@ -97,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/results.md, with one run directory per config. --configs runs another directory's *.yaml instead.")
     p.add_argument("--out", default="runs/demo", help="output directory (default: %(default)s)")
     p.add_argument("--configs", default=None, help="directory of demo configs (default: the packaged ones)")
+    p.add_argument("--fresh", action="store_true",
+                   help="rerun every config (default: keep runs finished under the same config, resume stopped ones)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every demo config")
     return parser
 
@@ -115,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
     else:
         raise UserError("run needs a CONFIG file or --resume RUN_DIR")
-    result = run(config, resume=bool(args.resume))
+    result = run(config, resume=bool(args.resume), overwrite=args.overwrite)
     if result is None:  # a non-zero rank of a multi-process run: rank 0 writes the results
         return 0
     report = write_report(result.run_dir)
@@ -210,7 +215,7 @@ def _report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out_dir=args.out, config_dir=args.configs, overrides=args.overrides)
+    run_demo(out_dir=args.out, config_dir=args.configs, overrides=args.overrides, fresh=args.fresh)
     return 0
 
 

@@ -8,6 +8,8 @@ that trains gets a fresh optimizer and LR schedule; a stage may override fields 
 ``load_config(path, overrides)`` applies ``key=value`` overrides (dotted paths, list indices as
 numbers, values parsed as YAML) before validation. Unknown keys and out-of-range values raise
 ``ConfigError`` with a one-line message naming the key, the bad value and the valid range.
+Without an ``output_dir``, a config loaded with overrides writes to ``runs/<name>__<overrides>``
+(:func:`default_output_dir`), so a sweep's runs do not share a directory.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -279,7 +283,8 @@ class RunConfig(_Strict):
     seed: int = Field(0, ge=0, lt=2**32)
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    output_dir: str | None = Field(None, description="default: runs/<name>")
+    output_dir: str | None = Field(None, description="default: runs/<name>, or runs/<name>__<overrides> when "
+                                   "overrides were given (see default_output_dir)")
     task: TaskConfig = TaskConfig()
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -402,7 +407,33 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
     raw = copy.deepcopy(raw)
     for assignment in overrides:
         apply_override(raw, assignment)
+    if isinstance(raw, dict) and not raw.get("output_dir") and isinstance(raw.get("name", ""), str):
+        output_dir = default_output_dir(raw.get("name") or RunConfig.model_fields["name"].default, overrides)
+        if output_dir is not None:
+            raw["output_dir"] = output_dir
     return parse_config(raw, check_files)
+
+
+_NAMING_KEYS = frozenset({"name", "output_dir", "training.progress"})  # overrides that change no result
+
+
+def default_output_dir(name: str, overrides: Sequence[str]) -> str | None:
+    """``runs/<name>__<overrides>`` for a config loaded with overrides and no ``output_dir``.
+
+    So runs of one config file with different overrides (a sweep) get different directories.
+    Overrides of ``name``, ``output_dir`` and ``training.progress`` are left out; None when no
+    override is left. Characters other than letters, digits and ``._=,+-`` become ``_``; if that
+    changed anything, or the text is longer than 80 characters (then cut to 80), an 8-digit hash
+    of the overrides is appended so distinct overrides keep distinct directories.
+    """
+    kept = [a for a in overrides if a.partition("=")[0].strip() not in _NAMING_KEYS]
+    if not kept:
+        return None
+    text = "__".join(kept)
+    safe = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text)
+    if safe != text or len(safe) > 80:
+        safe = f"{safe[:80]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return str(Path("runs") / f"{name}__{safe}")
 
 
 def dump_config(config: RunConfig) -> str:

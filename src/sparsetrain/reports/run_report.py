@@ -1,6 +1,7 @@
 """Markdown + PNG report for one finished (or stopped) training run directory.
 
-Reads only the files the runner writes; never imports torch or other sparsetrain modules::
+Reads only the files the runner writes; never imports torch or other sparsetrain modules (but the
+exception types and the standard-library-only ``atomic_write``)::
 
     config.yaml         resolved run config (mapping)
     metrics.jsonl       one evaluation per line (epoch, test_top1 in percent, sparsity as a fraction, ...)
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from ..atomic import atomic_write
 from ..errors import UserError
 
 matplotlib.use("Agg")
@@ -597,18 +599,6 @@ def plot_layer_sparsity(record: RunRecord) -> Any:
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` via a temp file in the same directory and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _save_figure(fig: Any, path: Path) -> None:
     """Render a figure to PNG bytes, write them atomically, and close the figure."""
     buf = io.BytesIO()
@@ -616,7 +606,7 @@ def _save_figure(fig: Any, path: Path) -> None:
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> Path:
@@ -628,5 +618,5 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     _save_figure(plot_metrics(record), record.run_dir / METRICS_PLOT_NAME)
     _save_figure(plot_layer_sparsity(record), record.run_dir / LAYER_PLOT_NAME)
     report = record.run_dir / REPORT_NAME
-    _atomic_write(report, render_markdown(record).encode("utf-8"))
+    atomic_write(report, render_markdown(record))
     return report

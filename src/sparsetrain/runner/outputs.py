@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..interop import gpmt_files
 from ..sparsity import MaskSet
 
 
 def write_layer_csv(path: Path, masks: MaskSet) -> None:
-    """``layer,shape,numel,kept,sparsity,target`` (fractions) for every target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["layer", "shape", "numel", "kept", "sparsity", "target"])
-        for row in masks.table():
-            target = "" if row.target is None else f"{row.target:.6f}"
-            writer.writerow([row.name, "x".join(map(str, row.shape)), row.numel, row.kept, f"{row.sparsity:.6f}", target])
+    """``layer,shape,numel,kept,sparsity,target`` (fractions) for every target, written atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["layer", "shape", "numel", "kept", "sparsity", "target"])
+    for row in masks.table():
+        target = "" if row.target is None else f"{row.target:.6f}"
+        writer.writerow([row.name, "x".join(map(str, row.shape)), row.numel, row.kept, f"{row.sparsity:.6f}", target])
+    atomic_write(path, text.getvalue())
 
 
 def write_gpmt_reference_files(
@@ -47,4 +49,5 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    """Replace ``path`` atomically with one JSON line per record (a crash keeps the old log whole)."""
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))

@@ -24,6 +24,7 @@ weights as an uninterrupted run (same machine, same thread count).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,7 +72,9 @@ from .distributed import (
 from .lr_schedules import set_lr
 from .flops import TRAINING_PASSES, target_forward_flops, training_flops_per_example
 from .outputs import append_jsonl, rewrite_jsonl, write_gpmt_reference_files, write_layer_csv
+from .run_dir import check_run_dir, prepare_run_dir
 from .timeline import Segment, StageSpan, Timeline, build_timeline
+from ..atomic import atomic_write
 from ..errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
@@ -440,7 +443,7 @@ class _Run:
                    "sparsity": masks.sparsity() if masks else 0.0, "wall_time_s": round(self.elapsed(), 3),
                    "train_flops": self.train_flops,
                    "dense_train_flops_per_example": TRAINING_PASSES * sum(self.forward_flops)}
-        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2))
         return RunResult(self.dir, self.model, masks, final, best)
 
 
@@ -474,28 +477,34 @@ def _progress(loader: DataLoader, description: str, enabled: bool):
     return tqdm(loader, desc=description, leave=False, dynamic_ncols=True)
 
 
-def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = print) -> RunResult | None:
+def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = print, *,
+        overwrite: bool = False) -> RunResult | None:
     """Train ``config`` in ``config.run_dir()``; with ``resume``, continue from its checkpoint.
+
+    The directory must be missing, empty or a run directory (see :mod:`.run_dir`): a previous run
+    there is replaced only with ``overwrite``, and a directory holding files sparsetrain did not
+    write is refused (``UserError``) before anything is written.
 
     Under torchrun (WORLD_SIZE > 1) only P-GaP stages use the extra processes; rank 0 writes every
     file and returns the result, other ranks return None after the last merge.
     """
+    if resume or os.environ.get("RANK", "0") == "0":  # other ranks would see the marker rank 0 writes
+        check_run_dir(config, resume, overwrite)  # refuse before the data loads and anything is logged
     state = _Run(config, log)
     state.dist = init_from_environment(state.device)
     if not state.is_main:
         state.log = lambda line: None
     state.setup_data_parallel()
-    state.dir.mkdir(parents=True, exist_ok=True)
+    if state.is_main:
+        prepare_run_dir(config, resume, overwrite)
     if resume:
         if not (state.dir / CHECKPOINT).is_file():
             raise CheckpointError(f"cannot resume: {str(state.dir / CHECKPOINT)!r} does not exist")
         state.restore()
     elif state.is_main:
-        if (state.dir / CHECKPOINT).exists():
-            raise CheckpointError(f"run directory {str(state.dir)!r} already holds a run; resume it or choose another")
-        (state.dir / "config.yaml").write_text(dump_config(config))
+        atomic_write(state.dir / "config.yaml", dump_config(config))
         for name in ("metrics.jsonl", "events.jsonl"):
-            (state.dir / name).write_text("")
+            atomic_write(state.dir / name, "")
     try:
         result = state.run()
         if state.dist is not None:
