@@ -8,8 +8,9 @@
     sparsetrain demo [--out DIR] [--fresh]      the embedded-data comparison table
 
 Bad input (a ``UserError``: config, sparsity, checkpoint and data errors all are) prints one
-line, ``error: <message>``, to stderr and exits with status 2, without a traceback. Any other
-exception is a bug and keeps its traceback.
+line, ``error: <message>``, to stderr and exits with status 2, without a traceback. So does an
+``OSError`` that names a file (``error: cannot access '<path>': <reason>``: a missing, unreadable
+or misplaced file the user gave). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, UserOSError, os_error_message
 
 
 class _Parser(argparse.ArgumentParser):
@@ -154,6 +155,9 @@ def _plan(args: argparse.Namespace) -> int:
         example = task.train_set[0][0]
     targets = select_targets(model, parse_selectors(config.targets.include), parse_selectors(config.targets.exclude))
     timeline = resolve_timeline(config, targets, num_train)
+    from .runner.preflight import check_run
+
+    check_run(config, targets, timeline)  # what `run` would refuse before its first epoch, plan refuses too
     print(format_plan(timeline, config, [t.shape for t in targets]))
     import torch
 
@@ -230,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        _check_named_files(args)
         return COMMANDS[args.command](args)
     except UserError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
@@ -241,3 +246,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the output was piped into a reader that stopped early (`| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a file the user named (data, checkpoint, masks) cannot be read or written
+        if exc.filename is None:
+            raise  # not about a path the user gave: a bug, keep the traceback
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def _check_named_files(args: argparse.Namespace) -> None:
+    """Fail before any work on a config path that is a directory or a ``--masks`` file that cannot be read."""
+    config = getattr(args, "config", None)
+    if isinstance(config, str) and Path(config).is_dir():
+        raise UserOSError(f"cannot read config file {config!r}: Is a directory (give a YAML file)")
+    masks = getattr(args, "masks", None)
+    if masks:
+        try:
+            with open(masks, "rb"):
+                pass
+        except OSError as exc:
+            raise UserOSError(os_error_message(exc, "read mask file")) from None

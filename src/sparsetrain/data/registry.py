@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
+from torch.utils.data import TensorDataset
+
 from sparsetrain.options import check_options, keyword_options
 from sparsetrain.data.cifar10 import load_cifar10_split
 from sparsetrain.data.digits import ClassificationSplit, load_digits_split
@@ -64,10 +67,44 @@ def dataset_options(name: str) -> tuple[str, ...]:
 
 
 def load_dataset(name: str, **options: Any) -> ClassificationSplit:
-    """Call the loader registered as ``name`` with ``options`` (checked by name first)."""
+    """Call the loader registered as ``name`` with ``options`` (checked by name first), then check its result.
+
+    Every split must hold at least one example and ``num_classes`` must be an integer >= 1; for
+    in-memory splits (``TensorDataset`` of inputs and labels, as the built-in small datasets and
+    ``npz`` give) the labels must be integers in ``[0, num_classes)`` and float inputs finite. A
+    problem is a one-line ``UserError`` naming the dataset, the split and the first bad index.
+    """
     loader = _lookup(name)
     check_options("dataset", name, loader, options)
-    return loader(**options)
+    split = loader(**options)
+    check_split(name, split)
+    return split
+
+
+def check_split(name: str, split: ClassificationSplit) -> None:
+    """Raise ``UserError`` if ``split`` (the result of dataset ``name``'s loader) cannot be trained on."""
+    classes = split.num_classes
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise UserError(f"dataset {name!r}: num_classes={classes!r} must be an integer >= 1")
+    for role, data in (("train", split.train), ("test", split.test)):
+        if len(data) == 0:
+            raise UserError(f"dataset {name!r}: the {role} split is empty (0 examples); each split needs at "
+                            "least one example")
+        if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+            inputs, labels = data.tensors
+            if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+                raise UserError(f"dataset {name!r}: {role} labels have dtype {labels.dtype}; labels must be "
+                                f"integers in [0, {classes})")
+            bad = (labels < 0) | (labels >= classes)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0][0])
+                raise UserError(f"dataset {name!r}: labels must be in [0, {classes}), found {int(labels[i])} at "
+                                f"{role} example {i}")
+            if inputs.is_floating_point():
+                finite = torch.isfinite(inputs.reshape(len(inputs), -1)).all(dim=1)
+                if not bool(finite.all()):
+                    i = int((~finite).nonzero()[0][0])
+                    raise UserError(f"dataset {name!r}: {role} example {i} holds NaN or inf; inputs must be finite")
 
 
 def _lookup(name: str) -> DatasetLoader:

@@ -110,6 +110,7 @@ class _Run:
         self.model_numel = parameter_count(self.model)
         self.forward_flops = target_forward_flops(self.model, self.targets, self.task.train_set[0][0])
         self.timeline = resolve_timeline(config, self.targets, len(self.task.train_set))
+        from .preflight import check_run; check_run(config, self.targets, self.timeline)  # noqa: E702 (no data needed)
         self.dist: DistContext | None = None
         self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, when data-parallel
         self.eval_loader = DataLoader(self.task.test_set, batch_size=config.data.eval_batch_size)
