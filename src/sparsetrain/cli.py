@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .reports import write_report
-    from .runner.train import run
+    from .runner.train import Preempted, run
 
     if args.resume:
         if args.config or args.overrides:
@@ -121,7 +121,11 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
     else:
         raise UserError("run needs a CONFIG file or --resume RUN_DIR")
-    result = run(config, resume=bool(args.resume), overwrite=args.overwrite)
+    try:
+        result = run(config, resume=bool(args.resume), overwrite=args.overwrite)
+    except Preempted as stop:
+        print(f"sparsetrain: {stop}", file=sys.stderr)
+        return stop.exit_status
     if result is None:  # a non-zero rank of a multi-process run: rank 0 writes the results
         return 0
     report = write_report(result.run_dir)

@@ -239,6 +239,13 @@ class TrainingConfig(_Strict):
     amp: Literal["off", "bf16", "fp16"] = "off"
     eval_every: int = Field(1, ge=1, description="epochs between evaluations (the last epoch always evaluates)")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the end always saves)")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint every N optimizer steps, in the middle of an epoch (preemption)")
+    stop_check_every: int = Field(
+        10, ge=1, description="under torchrun: steps between the ranks' agreement on a SIGTERM/SIGUSR1 stop")
+    on_nonfinite: Literal["stop", "skip", "continue"] = Field(
+        "stop", description="a NaN/inf training loss: stop the run (exit non-zero), skip that batch's update, "
+        "or continue (the pre-0.2 behaviour)")
     progress: bool = True
 
     @field_validator("amp", mode="before")
@@ -321,8 +328,15 @@ class RunConfig(_Strict):
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
 
     def fingerprint(self) -> str:
-        """Hash of everything that shapes the training trajectory (not where outputs go)."""
-        payload = self.model_dump(mode="json", exclude={"output_dir": True, "training": {"progress"}})
+        """Hash of everything that shapes the training trajectory (not where outputs go).
+
+        Fields added after version 0.1 enter the hash only when set away from their default, so
+        run directories written by 0.1 keep their fingerprint (and stay resumable).
+        """
+        payload = self.model_dump(mode="json", exclude={
+            "output_dir": True, "training": {"progress", "checkpoint_every_steps", "stop_check_every"}})
+        if payload["training"]["on_nonfinite"] == "stop":
+            del payload["training"]["on_nonfinite"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

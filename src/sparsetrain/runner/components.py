@@ -7,7 +7,9 @@ there, which is what makes resume and P-GaP's single-process simulation exact.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -16,8 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig, LRScheduleConfig, OptimizerConfig
-from .lr_schedules import LRSchedule
 from ..errors import UserError
+from .lr_schedules import LRSchedule
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,9 +106,23 @@ def epoch_batches(num_examples: int, config: DataConfig, seed: int, epoch: int, 
     return shards, sizes
 
 
-def epoch_loader(dataset: Dataset, config: DataConfig, shards: list[list[int]]) -> DataLoader:
-    """Batches ``shards`` (lists of example indices) of ``dataset``, loaded by ``config.num_workers`` workers."""
-    return DataLoader(dataset, batch_sampler=shards, num_workers=config.num_workers)
+def epoch_loader(dataset: Dataset, config: DataConfig, shards: list[list[int]], seed: int,
+                 skip: int = 0) -> Iterable[Any]:
+    """Batches ``shards`` (lists of example indices) of ``dataset``, loaded by ``config.num_workers`` workers,
+    without the first ``skip`` batches (a run resumed in the middle of an epoch).
+
+    The loader's own seed (what its workers seed their RNGs from) comes from ``seed``, not from the
+    global RNG, so creating the loader draws nothing from the training RNG streams. In the main
+    process (``num_workers=0``) the skipped batches are simply not loaded: the global RNG the
+    transforms draw from is restored from the checkpoint. Worker processes seed themselves per
+    loader and take batches round-robin, so with workers the skipped batches are loaded and
+    dropped, which keeps their random augmentations exactly those of an uninterrupted epoch.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if config.num_workers == 0:
+        return DataLoader(dataset, batch_sampler=shards[skip:], generator=generator)
+    loader = DataLoader(dataset, batch_sampler=shards, num_workers=config.num_workers, generator=generator)
+    return itertools.islice(loader, skip, None)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:

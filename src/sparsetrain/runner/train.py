@@ -11,30 +11,49 @@ P-GaP trains kappa worker copies per round: one after another in this process, o
 under torchrun (``WORLD_SIZE`` = kappa). Both give the same merged model: each worker's RNG and
 data order are seeded by (seed, stage, round, worker).
 
-Outputs in the run directory: ``config.yaml``, ``metrics.jsonl`` (one line per evaluation),
-``events.jsonl`` and ``sparsity/*.csv`` (one per mask event), ``checkpoint.pt`` (atomic),
+Outputs in the run directory: ``run.json`` (the marker, see :mod:`.run_dir`), ``config.yaml``,
+``train.log`` (every log line), ``metrics.jsonl`` (one line per evaluation), ``events.jsonl`` and
+``sparsity/*.csv`` (one per mask event), ``checkpoint.pt`` (atomic; P-GaP workers stopped
+mid-round under torchrun write ``checkpoint.rankR.pt`` + ``checkpoint.ranks.json``),
 ``model_final.pt`` / ``model_best.pt`` (plain state dicts with zeros), ``summary.json``.
 
 Exact resume: the LR is a pure function of the position in the segment, data order depends only
 on (seed, epoch, stream), and the checkpoint holds model, optimizer, masks, grad scaler, P-GaP
-round state and every RNG state, so ``run(config, resume=True)`` after a kill ends with the same
-weights as an uninterrupted run (same machine, same thread count).
+round state, the epoch's loss so far and every RNG state (every rank's under data parallelism), so
+``run(config, resume=True)`` after a kill ends with the same weights as an uninterrupted run (same
+machine, same thread count), from an epoch end or from the middle of an epoch
+(``training.checkpoint_every_steps``).
+
+Preemption: while training, SIGTERM and SIGUSR1 only raise a flag; the loop saves a checkpoint
+after the current step and raises :class:`Preempted` (the CLI exits with 128 + the signal
+number). Ranks in lockstep agree on the stop every ``training.stop_check_every`` steps.
+A NaN/inf training loss stops the run (:class:`TrainingDiverged`) unless
+``training.on_nonfinite`` says to skip that update or to carry on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import math
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..atomic import atomic_write
 from ..config import GaPStage, RunConfig, dump_config
+from ..errors import UserError
 from ..methods import MaskEvent, apply_dst_event, apply_gap_event, apply_prune_event
 from ..sparsity import MaskSet, Sparsifier, global_counts, select_targets
 from ..sparsity.partitions import ownership, partition_targets
@@ -69,15 +88,42 @@ from .distributed import (
     init_from_environment,
     shutdown_process_group,
 )
-from .lr_schedules import set_lr
 from .flops import TRAINING_PASSES, target_forward_flops, training_flops_per_example
-from .outputs import append_jsonl, rewrite_jsonl, write_gpmt_reference_files, write_layer_csv
+from .lr_schedules import set_lr
+from .outputs import (
+    append_jsonl,
+    rewrite_jsonl,
+    write_gpmt_reference_files,
+    write_layer_csv,
+)
+from .preflight import check_run
+from .progress import progress_bar
 from .run_dir import check_run_dir, prepare_run_dir
 from .timeline import Segment, StageSpan, Timeline, build_timeline
-from ..atomic import atomic_write
-from ..errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
+LOG_FILE = "train.log"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+RANK_MANIFEST = "checkpoint.ranks.json"  # a per-rank checkpoint of P-GaP workers under torchrun
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGUSR1 stopped the run after it checkpointed; ``sparsetrain run --resume`` continues it."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        where = f"checkpoint saved to {str(checkpoint)!r}" if checkpoint else "rank 0 saved the checkpoint"
+        super().__init__(f"stopped by {name} at step {step}: {where}; continue with "
+                         f"`sparsetrain run --resume {checkpoint.parent if checkpoint else 'RUN_DIR'}`")
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process killed by that signal
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or inf and ``training.on_nonfinite`` is ``stop``."""
 
 
 @dataclass
@@ -110,7 +156,7 @@ class _Run:
         self.model_numel = parameter_count(self.model)
         self.forward_flops = target_forward_flops(self.model, self.targets, self.task.train_set[0][0])
         self.timeline = resolve_timeline(config, self.targets, len(self.task.train_set))
-        from .preflight import check_run; check_run(config, self.targets, self.timeline)  # noqa: E702 (no data needed)
+        check_run(config, self.targets, self.timeline)  # what can be refused without data, before any epoch
         self.dist: DistContext | None = None
         self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, when data-parallel
         self.eval_loader = DataLoader(self.task.test_set, batch_size=config.data.eval_batch_size)
@@ -126,6 +172,9 @@ class _Run:
         self.events: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
         self.started = time.perf_counter()
+        self.epoch_loss = (0.0, 0)  # (sum of per-example losses, examples) of the epoch so far
+        self.skipped_steps = 0  # updates skipped for a non-finite loss (training.on_nonfinite=skip)
+        self.stop_signal: int | None = None  # SIGTERM/SIGUSR1 received: checkpoint at the next step and stop
 
     @property
     def is_main(self) -> bool:
@@ -135,10 +184,24 @@ class _Run:
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
-    def save(self) -> None:
-        if not self.is_main:
-            return
-        save_checkpoint(self.dir / CHECKPOINT, {
+    def save(self) -> Path | None:
+        """Checkpoint the position; returns the file this process wrote (None: rank 0 writes for it).
+
+        Under data parallelism every rank calls it, and their RNG states are gathered into rank 0's
+        file. P-GaP workers under torchrun hold different models mid-round: there each rank writes
+        its own ``checkpoint.rankR.pt`` and rank 0 a manifest naming them; the next ordinary
+        checkpoint (after the merge) removes both.
+        """
+        rng = rng_state()
+        if self.ddp is not None:  # every rank's own RNG state, so augmentations resume exactly on each rank
+            ranks: list[Any] = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(ranks, rng)
+            rng = {**rng, "ranks": ranks}
+        per_rank = self.dist is not None and self.pgap is not None
+        if not (self.is_main or per_rank):
+            return None
+        path = self.dir / (f"checkpoint.rank{self.dist.rank}.pt" if per_rank else CHECKPOINT)
+        save_checkpoint(path, {
             "fingerprint": self.config.fingerprint(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
@@ -148,11 +211,23 @@ class _Run:
                          "events_applied": self.events_applied},
             "pgap": self.pgap,
             "train_flops": self.train_flops,
-            "history": self.history, "events": self.events, "elapsed": self.elapsed(), "rng": rng_state(),
+            "history": self.history, "events": self.events, "elapsed": self.elapsed(), "rng": rng,
+            "epoch_loss": list(self.epoch_loss), "skipped_steps": self.skipped_steps,
         })
+        if per_rank:
+            torch.distributed.barrier()  # every rank's file is complete before the manifest names it
+            if self.is_main:
+                atomic_write(self.dir / RANK_MANIFEST, json.dumps(
+                    {"fingerprint": self.config.fingerprint(), "step": self.step,
+                     "files": [f"checkpoint.rank{r}.pt" for r in range(self.dist.world_size)]}))
+        elif (self.dir / RANK_MANIFEST).exists():
+            (self.dir / RANK_MANIFEST).unlink()
+            for stale in self.dir.glob("checkpoint.rank*.pt"):
+                stale.unlink()
+        return path
 
     def restore(self) -> None:
-        state = load_checkpoint(self.dir / CHECKPOINT, self.config.fingerprint())
+        state = load_checkpoint(self.checkpoint_to_resume(), self.config.fingerprint())
         self.model.load_state_dict(state["model"])
         position = state["position"]
         self.stage_index, self.epoch, self.step = position["stage"], position["epoch"], position["step"]
@@ -166,11 +241,37 @@ class _Run:
         self.flops_per_example = training_flops_per_example(
             self.forward_flops, self.sparsifier.masks if self.sparsifier else None)
         self.history, self.events, self.elapsed_before = state["history"], state["events"], state["elapsed"]
+        self.epoch_loss = tuple(state.get("epoch_loss", (0.0, 0)))  # absent in 0.1 checkpoints (epoch ends only)
+        self.skipped_steps = state.get("skipped_steps", 0)
         if self.is_main:  # drop what was logged after the checkpoint
             rewrite_jsonl(self.dir / "metrics.jsonl", self.history)
             rewrite_jsonl(self.dir / "events.jsonl", self.events)
-        restore_rng_state(state["rng"])
+        rng = state["rng"]
+        ranks = rng.get("ranks")
+        if ranks is not None and self.dist is not None and len(ranks) == self.dist.world_size:
+            rng = ranks[self.dist.rank]
+        elif ranks is not None:
+            self.log(f"note: the checkpoint was written by {len(ranks)} processes; resuming with a different "
+                     "number is not bit-identical")
+        restore_rng_state(rng)
         self.log(f"resumed {self.dir} at stage {self.stage_index}, epoch {self.epoch}, step {self.step}")
+
+    def checkpoint_to_resume(self) -> Path:
+        """``checkpoint.pt``, or this rank's file of a per-rank P-GaP checkpoint if one is newer."""
+        manifest_path = self.dir / RANK_MANIFEST
+        if not manifest_path.is_file():
+            return self.dir / CHECKPOINT
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            files = list(manifest["files"])
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointError(f"per-rank checkpoint manifest {str(manifest_path)!r} is corrupt") from None
+        world = self.dist.world_size if self.dist is not None else 1
+        if len(files) != world:
+            raise CheckpointError(f"{str(manifest_path)!r}: the run was stopped inside a P-GaP round with "
+                                  f"{len(files)} processes; resume it under torchrun with --nproc_per_node="
+                                  f"{len(files)} (got WORLD_SIZE={world})")
+        return self.dir / files[self.dist.rank]
 
     # ---- measurements --------------------------------------------------------------------------
     def masks(self) -> MaskSet:
@@ -260,32 +361,42 @@ class _Run:
 
     # ---- training ------------------------------------------------------------------------------
     def prepare_optimizer(self, span: StageSpan, segment: Segment, epoch: int) -> None:
-        """A fresh optimizer at a segment's first epoch; otherwise keep it (or restore it after resume)."""
-        if epoch == segment.start_epoch or self.optimizer is None:
+        """A fresh optimizer at a segment's first step; otherwise keep it (or restore it after resume)."""
+        segment_started = self.step > segment.start_epoch * self.timeline.steps_per_epoch
+        if not segment_started or self.optimizer is None:
             assert span.optimizer is not None
             self.optimizer = build_optimizer(self.model, span.optimizer)
-            if self.pending_optimizer_state is not None and epoch != segment.start_epoch:
+            if self.pending_optimizer_state is not None and segment_started:
                 self.optimizer.load_state_dict(self.pending_optimizer_state)
         self.pending_optimizer_state = None
 
     def train_epoch(self, span: StageSpan, segment: Segment, epoch: int, stream: int = 0) -> tuple[float, float]:
-        """One epoch of optimizer steps; returns (mean training loss, last LR)."""
+        """The rest of one epoch of optimizer steps (all of it, unless resumed mid-epoch); returns (mean
+        training loss over the epoch's examples, last LR)."""
         assert span.lr_schedule is not None and span.optimizer is not None and self.optimizer is not None
-        schedule = build_lr_schedule(span.lr_schedule, span.optimizer.lr, segment.epochs, self.timeline.steps_per_epoch)
+        spe = self.timeline.steps_per_epoch
+        schedule = build_lr_schedule(span.lr_schedule, span.optimizer.lr, segment.epochs, spe)
         per_iteration = span.lr_schedule.unit == "iteration"
-        segment_start_step = segment.start_epoch * self.timeline.steps_per_epoch
+        segment_start_step = segment.start_epoch * spe
         training = self.config.training
         autocast = autocast_context(training.amp, self.device)
         rank, world = (self.dist.rank, self.dist.world_size) if self.ddp is not None else (0, 1)
+        # Every rank runs this loop in step with the others (DDP, or P-GaP workers), so they can agree
+        # on a stop; P-GaP's fine-tuning runs on rank 0 alone.
+        lockstep = self.dist is not None and (self.ddp is not None or stream > 0)
         shards, global_sizes = epoch_batches(len(self.task.train_set), self.config.data, self.config.seed, epoch,
                                              stream, rank, world)
-        loader = epoch_loader(self.task.train_set, self.config.data, shards)
-        batches = _progress(loader, f"stage {span.index} {span.kind} epoch {epoch - span.start_epoch + 1}/{span.epochs}",
-                            training.progress and self.is_main)
+        done = self.step - epoch * spe  # batches of this epoch trained before a mid-epoch checkpoint
+        if done == 0:
+            self.epoch_loss = (0.0, 0)
+        loader = epoch_loader(self.task.train_set, self.config.data, shards,
+                              derived_seed(self.config.seed, epoch, stream, 1), skip=done)
+        batches = progress_bar(loader, f"stage {span.index} {span.kind} epoch {epoch - span.start_epoch + 1}/"
+                               f"{span.epochs}", training.progress and self.is_main)
         network = self.ddp if self.ddp is not None else self.model
         self.model.train()
-        loss_sum, seen, lr = 0.0, 0, 0.0
-        for (inputs, labels), global_size in zip(batches, global_sizes):
+        lr = 0.0
+        for batch_index, ((inputs, labels), global_size) in enumerate(zip(batches, global_sizes[done:]), done):
             if self.next_event_step() == self.step:
                 self.apply_due_events(span)
             lr = schedule.lr_at(self.step - segment_start_step if per_iteration else epoch - segment.start_epoch)
@@ -293,28 +404,73 @@ class _Run:
             inputs, labels = inputs.to(self.device), labels.to(self.device)
             with autocast:
                 loss = self.task.loss(network(inputs), labels, training.label_smoothing)
+            loss_value = float(loss.detach())
+            finite = math.isfinite(loss_value) or self.nonfinite_loss(span, epoch, loss_value, inputs)
             # DDP averages gradients over ranks; weighting each rank's mean by its share of the global
             # batch makes that average the gradient of the global batch's mean, even for uneven shards.
             share = labels.numel() * world / global_size
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss * share if world > 1 else loss).backward()
+            self.optimizer.zero_grad(set_to_none=not finite)
+            if finite:
+                self.scaler.scale(loss * share if world > 1 else loss).backward()
             if self.next_event_step() == self.step:
                 self.apply_due_events(span, after_backward=True)  # e.g. RigL, which needs this step's gradients
-            if training.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.sparsifier is not None:
-                self.sparsifier.step(self.optimizer)
+            if finite:
+                if training.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.sparsifier is not None:
+                    self.sparsifier.step(self.optimizer)
+                total, seen = self.epoch_loss
+                self.epoch_loss = (total + loss_value * labels.numel(), seen + labels.numel())
             self.step += 1
             self.train_flops += self.flops_per_example * global_size
-            loss_value = float(loss.detach())
-            loss_sum += loss_value * labels.numel()
-            seen += labels.numel()
             if hasattr(batches, "set_postfix"):
                 batches.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", sparsity=f"{self.sparsity()[0]:.3f}")
-        return loss_sum / max(seen, 1), lr
+            if batch_index + 1 < len(shards):  # epoch ends are the callers' to checkpoint
+                self.checkpoint_or_stop_mid_epoch(lockstep)
+        total, seen = self.epoch_loss
+        return total / max(seen, 1), lr
+
+    def nonfinite_loss(self, span: StageSpan, epoch: int, value: float, inputs: torch.Tensor) -> bool:
+        """Act on a NaN/inf training loss per ``training.on_nonfinite``; True if the step goes on as usual."""
+        policy = self.config.training.on_nonfinite
+        where = f"step {self.step} (stage {span.index} {span.kind}, epoch {epoch - span.start_epoch + 1})"
+        if policy == "continue":
+            return True
+        if policy == "skip":
+            self.skipped_steps += 1
+            self.log(f"warning: training loss {value} at {where}: update skipped ({self.skipped_steps} so far)")
+            return False
+        culprit = _first_nonfinite(inputs, self.model)
+        raise TrainingDiverged(
+            f"training loss is {value} at {where}; first non-finite tensor: {culprit}. Lower optimizer.lr, "
+            "set training.grad_clip, or set training.on_nonfinite=skip|continue")
+
+    def checkpoint_or_stop_mid_epoch(self, lockstep: bool) -> None:
+        """Save every ``checkpoint_every_steps`` steps; on SIGTERM/SIGUSR1 save and raise ``Preempted``.
+
+        Ranks that train in lockstep agree on the stop every ``stop_check_every`` steps (one small
+        all-reduce, no host sync per step), so they all save at the same step.
+        """
+        training = self.config.training
+        stop = self.stop_signal
+        if lockstep:
+            if self.step % training.stop_check_every != 0:
+                stop = None
+            else:
+                flag = torch.tensor([self.stop_signal or 0], dtype=torch.int64, device=self.device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                stop = int(flag) or None
+        every = training.checkpoint_every_steps
+        if stop is None and not (every and self.step % every == 0):
+            return
+        path = self.save()
+        if stop is not None:
+            if self.dist is not None and lockstep:
+                torch.distributed.barrier()  # every rank's file is written before any rank leaves
+            raise Preempted(stop, self.step, path)
 
     def train_stage(self, span: StageSpan) -> None:
         """dense, finetune and sgap stages (and the fine-tuning tail of pgap)."""
@@ -359,7 +515,7 @@ class _Run:
             for worker in workers:
                 if worker < self.pgap["worker"]:
                     continue
-                if self.epoch == round_start:  # a worker starts from the merged model with its partition grown
+                if self.step == round_start * self.timeline.steps_per_epoch:  # a worker's start: merged model, its partition grown
                     self.model.load_state_dict(self.pgap["merged"])
                     self.masks().load_state_dict(self.pgap["masks"])
                     self.masks().grow_(span.partitions[worker].target_indices)
@@ -466,16 +622,64 @@ def resolve_timeline(config: RunConfig, targets, num_train_examples: int) -> Tim
     return timeline
 
 
+def _first_nonfinite(inputs: torch.Tensor, model: nn.Module) -> str:
+    """Where a NaN/inf first shows: the input batch, then parameters and buffers in ``state_dict`` order."""
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        return "the input batch (check the data)"
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, tensor in named:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return f"{kind} {name!r}"
+    return "none (inputs, parameters and buffers are finite: the loss itself overflowed)"
+
+
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def _progress(loader: DataLoader, description: str, enabled: bool):
-    if not enabled:
-        return loader
-    from tqdm.auto import tqdm
+class _LogLines:
+    """The run's log: each line to ``log`` (stdout by default) and appended to the run's log file.
 
-    return tqdm(loader, desc=description, leave=False, dynamic_ncols=True)
+    If the reader of stdout goes away (``sparsetrain run ... | head``), training goes on and the
+    lines go to the log file only; the run still ends with its final files and exit status.
+    """
+
+    def __init__(self, path: Path, log: Callable[[str], None]) -> None:
+        self.path, self.log, self.reader_gone = path, log, False
+
+    def __call__(self, line: str) -> None:
+        if self.path.parent.is_dir():
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        if self.reader_gone:
+            return
+        try:
+            self.log(line)
+        except BrokenPipeError:
+            self.reader_gone = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # later flushes go nowhere
+
+
+@contextlib.contextmanager
+def _stop_signals_recorded(state: _Run):
+    """While training, SIGTERM and SIGUSR1 only set ``state.stop_signal``; the loop checkpoints and stops.
+
+    Cluster schedulers send one of them some time before they kill a job. Outside the main
+    thread (where Python cannot install handlers) the signals keep their default behaviour.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def record(signum: int, frame: Any) -> None:
+        state.stop_signal = signum  # nothing else here: a handler may interrupt a print or a file write
+
+    previous = {signum: signal.signal(signum, record) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = print, *,
@@ -491,7 +695,7 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
     """
     if resume or os.environ.get("RANK", "0") == "0":  # other ranks would see the marker rank 0 writes
         check_run_dir(config, resume, overwrite)  # refuse before the data loads and anything is logged
-    state = _Run(config, log)
+    state = _Run(config, _LogLines(config.run_dir() / LOG_FILE, log))
     state.dist = init_from_environment(state.device)
     if not state.is_main:
         state.log = lambda line: None
@@ -499,7 +703,7 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
     if state.is_main:
         prepare_run_dir(config, resume, overwrite)
     if resume:
-        if not (state.dir / CHECKPOINT).is_file():
+        if not ((state.dir / CHECKPOINT).is_file() or (state.dir / RANK_MANIFEST).is_file()):
             raise CheckpointError(f"cannot resume: {str(state.dir / CHECKPOINT)!r} does not exist")
         state.restore()
     elif state.is_main:
@@ -507,7 +711,8 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
         for name in ("metrics.jsonl", "events.jsonl"):
             atomic_write(state.dir / name, "")
     try:
-        result = state.run()
+        with _stop_signals_recorded(state):
+            result = state.run()
         if state.dist is not None:
             # Every rank waits for rank 0 (its final files; after P-GaP, its fine-tuning) before the
             # process group is torn down: a rank leaving early can abort gloo's connections.
@@ -515,4 +720,9 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
         return result
     finally:
         if state.dist is not None:
+            # DDP's reducer holds the process group inside reference cycles (autograd hooks); left to
+            # the garbage collector, gloo's threads could be torn down during interpreter shutdown,
+            # which aborts the process ("terminate called without an active exception").
+            state.ddp = None
+            gc.collect()
             shutdown_process_group()
