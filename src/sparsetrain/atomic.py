@@ -64,12 +64,17 @@ def atomic_write(path: str | os.PathLike[str], content: bytes | str | Callable[[
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except Exception as failure:
         _remove_quietly(tmp)
+        # Writers that stream through C++ (torch.save's zip writer) report a failed write as a
+        # RuntimeError; the OSError behind it (full disk, file too large) is its context.
+        exc = failure if isinstance(failure, OSError) else failure.__context__
+        if not isinstance(exc, OSError):
+            raise
         if exc.filename is None or str(exc.filename) == str(tmp):
             exc.filename = str(path)
         raise UserOSError(os_error_message(exc, "write")) from None
-    except BaseException:
+    except BaseException:  # KeyboardInterrupt, SystemExit: no half file either
         _remove_quietly(tmp)
         raise
     _fsync_directory(path.parent)

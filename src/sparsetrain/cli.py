@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 from pathlib import Path
 
 from . import __version__
@@ -40,6 +41,20 @@ class _Parser(argparse.ArgumentParser):
             overrides.extend(a for a in extras if "=" in a and not a.startswith("-"))
             extras = [a for a in extras if not ("=" in a and not a.startswith("-"))]
         return namespace, extras
+
+    def error(self, message: str) -> NoReturn:
+        """A usage error as one line, like every other bad input (argparse also prints the usage)."""
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive finite number")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "need no data on disk.")
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config keys, e.g. seed=1")
-    p.add_argument("--gpu-tflops", type=float, default=60.0,
+    p.add_argument("--gpu-tflops", type=_positive_float, default=60.0,
                    help="effective training throughput of one GPU for the GPU-hours estimate (default %(default)s)")
 
     p = commands.add_parser(
@@ -235,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help(sys.stderr)
+        print(f"error: give a COMMAND: {', '.join(COMMANDS)} (see 'sparsetrain --help')", file=sys.stderr)
         return 2
     try:
         _check_named_files(args)

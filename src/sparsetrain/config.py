@@ -15,6 +15,7 @@ Without an ``output_dir``, a config loaded with overrides writes to ``runs/<name
 from __future__ import annotations
 
 import copy
+import types
 import hashlib
 import json
 import re
@@ -47,6 +48,30 @@ def _checks_files(info: ValidationInfo) -> bool:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, data: Any) -> Any:
+        """YAML's ``true``/``yes`` are not numbers: pydantic's lax mode would read them as 1."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if isinstance(value, bool) and field is not None and _is_numeric(field.annotation):
+                    raise ValueError(f"{key}={value!r} must be a number, not a boolean")
+        return data
+
+
+def _is_numeric(annotation: Any) -> bool:
+    """Whether a field's type is a number (int/float, maybe optional or constrained) and admits no bool."""
+    import typing
+
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return _is_numeric(args[0])
+    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        return bool(members) and all(_is_numeric(a) for a in members if typing.get_origin(a) is not dict)
+    return annotation in (int, float)
 
 
 class DatasetConfig(_Strict):
@@ -92,6 +117,12 @@ class OptimizerConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimizerConfig:
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=true needs momentum > 0 (Nesterov momentum without momentum is undefined)")
+        return self
 
     @field_validator("betas")
     @classmethod
@@ -408,16 +439,33 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             raise ConfigError(f"override key {where!r}: {'.'.join(parts[:depth])!r} holds a value, not a section")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_files: bool = True) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {err.start}); give a YAML file") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}") from None
+        problem = f" ({err.problem})" if getattr(err, "problem", None) else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}{problem}") from None
     raw = copy.deepcopy(raw)
     for assignment in overrides:
         apply_override(raw, assignment)

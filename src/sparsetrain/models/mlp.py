@@ -32,4 +32,6 @@ class MLP(nn.Sequential):
 
 def build_mlp(*, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 128)) -> MLP:
     """:class:`MLP` over samples of ``input_shape`` (flattened)."""
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise UserError(f"hidden={hidden!r} must be a list of layer widths, e.g. [256, 128]")
     return MLP(math.prod(input_shape), num_classes, tuple(hidden))
