@@ -564,7 +564,7 @@ CASES: list[Case] = [
               r"data.drop_last='maybe': Input should be a valid boolean"),
     _override("batch-larger-than-data-drop-last", "drop_last with a batch larger than the training set "
               "(no optimizer step at all)", ("data.batch_size=5000", "data.drop_last=true"),
-              r"steps_per_epoch=0 must be >= 1 \(is the training set empty\?\)|.*(batch_size|drop_last)", after=absent("run/model_final.pt")),
+              r"data.batch_size=5000 with data.drop_last=true leaves no full batch of the \d+ training examples", after=absent("run/model_final.pt")),
 
     # ---- optimizer -----------------------------------------------------------------------------
     _override("optimizer-unknown", "optimizer lbfgs", "optimizer.name=lbfgs",
@@ -703,7 +703,7 @@ CASES: list[Case] = [
               "sparsity: 0.5, epochs_per_step: 1, finetune_epochs: 1, partitions: {scheme: []}}",
               r"the partition regex list is empty; give one regex per partition"),
     _override("sgap-scheme-number", "partition scheme given as a number", "stages.1={kind: sgap, sparsity: 0.5, "
-              "epochs_per_step: 1, finetune_epochs: 1, partitions: {scheme: 5}}", r"stages.1.partitions.scheme"),
+              "epochs_per_step: 1, finetune_epochs: 1, partitions: {scheme: 5}}", r"stages.1.partitions.scheme=5: Input should be a valid string"),
     _override("sgap-rounds-zero", "sgap with 0 rounds", "stages.1={kind: sgap, sparsity: 0.5, epochs_per_step: 1, "
               "finetune_epochs: 1, rounds: 0}", r"stages.1.rounds=0: Input should be greater than or equal to 1"),
     _override("sgap-grow-order", "sgap grow_order alphabetical", "stages.1={kind: sgap, sparsity: 0.5, "
@@ -789,7 +789,7 @@ CASES: list[Case] = [
     _override("init-checkpoint-missing", "init.checkpoint that does not exist", "init.checkpoint={tmp}/nope.pt",
               r"init.checkpoint='.*nope\.pt': file '.*' does not exist"),
     _c("init-checkpoint-corrupt", "checkpoint", "init.checkpoint with random bytes", (*RUN, "init.checkpoint={tmp}/bad.pt"),
-       r"checkpoint '.*bad\.pt' (is corrupt or not a torch file|holds data that sparsetrain refused to load)",
+       r"checkpoint '.*bad\.pt' is corrupt or not a torch file \(neither a torch zip archive nor pickle data\)",
        setup=write("bad.pt", b"\x00garbage" * 100),
        after=absent("run/model_final.pt")),
     _c("init-checkpoint-malicious", "checkpoint", "init.checkpoint whose pickle runs os.system",
@@ -849,7 +849,7 @@ CASES: list[Case] = [
        ("run", "--resume", "{tmp}/run", "--overwrite"), r"resume and overwrite exclude each other",
        setup=run_dir(files={"checkpoint.pt": b"x"}), after=unchanged("run/checkpoint.pt", b"x")),
     _c("resume-missing-dir", "cli", "run --resume of a directory that does not exist",
-       ("run", "--resume", "{tmp}/nope"), r".*'.*nope.*'.*(does not exist|not a sparsetrain run)"),
+       ("run", "--resume", "{tmp}/nope"), r"cannot resume '.*nope': the directory does not exist"),
     _c("resume-empty-dir", "cli", "run --resume of an empty directory", ("run", "--resume", "{tmp}/empty"),
        r".*'.*empty.*'.*(does not exist|not a sparsetrain run|no config)", setup=lambda t: (t / "empty").mkdir()),
     _c("resume-foreign-dir", "run-dir", "run --resume of a directory with config.yaml but no run.json and no "
@@ -886,7 +886,7 @@ CASES: list[Case] = [
     _c("eval-missing-checkpoint", "checkpoint", "eval of a checkpoint that does not exist",
        ("eval", "{tmp}/nope.pt", "--config", "{cfg}"), r"checkpoint '.*nope\.pt' does not exist"),
     _c("eval-checkpoint-directory", "checkpoint", "eval of a directory", ("eval", "{tmp}", "--config", "{cfg}"),
-       r"checkpoint '.*' (does not exist|is a directory)"),
+       r"checkpoint '.*' is a directory; give the checkpoint file"),
     _c("eval-empty-checkpoint", "checkpoint", "eval of an empty file", ("eval", "{tmp}/empty.pt", "--config", "{cfg}"),
        r"checkpoint '.*empty\.pt' is corrupt or not a torch file", setup=write("empty.pt", b"")),
     _c("eval-text-checkpoint", "checkpoint", "eval of a text file", ("eval", "{tmp}/m.pt", "--config", "{cfg}"),
@@ -1114,7 +1114,7 @@ CASES: list[Case] = [
 
     # ---- disk ----------------------------------------------------------------------------------
     _c("disk-output-under-file", "disk", "output_dir below a regular file ({tmp}/notes.txt/run)",
-       (*RUN, "output_dir={tmp}/notes.txt/run"), r".*notes\.txt.*(not a directory|is a file)",
+       (*RUN, "output_dir={tmp}/notes.txt/run"), r"output directory '.*notes\.txt/run' cannot be created: '.*notes\.txt' is a file",
        setup=write("notes.txt", NOTES), after=unchanged("notes.txt", NOTES)),
     _c("disk-output-under-proc", "disk", "output_dir under /proc (not writable, even by root)",
        (*RUN, "output_dir=/proc/sparsetrain-reliability/run"), r"cannot (create|write|access|read) "

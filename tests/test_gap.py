@@ -148,6 +148,8 @@ def test_pgap_two_gloo_processes_equal_the_single_process_simulation(tmp_path):
         assert torch.equal(theirs[key], ours[key]), key
     events = lambda d: [json.loads(l)["sparsity"] for l in (tmp_path / d / "events.jsonl").read_text().splitlines()]
     assert events("multi") == events("single")
+    flops = lambda d: json.loads((tmp_path / d / "summary.json").read_text())["train_flops"]
+    assert flops("multi") == flops("single")  # every worker's training is counted, on whichever rank it ran
     checkpoint = torch.load(tmp_path / "multi" / "checkpoint.pt", weights_only=False)
     masks = MaskSet(select_targets(reference.model))
     masks.load_state_dict(checkpoint["sparsifier"]["masks"])

@@ -131,6 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.config or args.overrides:
             raise UserError("--resume RUN_DIR takes no CONFIG or overrides: the run's own config.yaml is used")
         run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise UserError(f"cannot resume {str(run_dir)!r}: the directory does not exist")
         config = load_config(run_dir / "config.yaml", [f"output_dir={run_dir}"])
     elif args.config:
         config = load_config(args.config, args.overrides)

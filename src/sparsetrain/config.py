@@ -371,6 +371,7 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_TYPE_LABELS = {"str", "int", "float", "bool", "dict", "list", "tuple", "none"}  # pydantic's union branch labels
 _STAGE_TAGS = {"dense", "finetune", "prune", "sgap", "pgap", "gmp", "set", "rigl"}
 
 
@@ -381,7 +382,7 @@ def _one_line(error: ValidationError, prefix: str = "") -> str:
     previous: object = None
     for part in first["loc"]:
         text = str(part)
-        if "[" in text or "-" in text or (isinstance(previous, int) and text in _STAGE_TAGS):
+        if "[" in text or "-" in text or text in _TYPE_LABELS or (isinstance(previous, int) and text in _STAGE_TAGS):
             previous = part
             continue  # a union branch label, not a key
         parts.append(text)

@@ -222,6 +222,8 @@ def safe_torch_load(source: Source, subject: str | None = None) -> Any:
         if not text.startswith(_WEIGHTS_ONLY_FAILED):
             raise
         match = _GLOBAL_IN_MESSAGE.search(text)
+        if match is None and "Unsupported operand" in text and not _starts_like_a_pickle(source):
+            raise  # random bytes, not a pickle: the caller reports a corrupt file
         if match is None:
             raise UnsafePickleError(
                 f"{subject} holds data that sparsetrain refused to load ({_weights_only_reason(text)}; "
@@ -231,6 +233,18 @@ def safe_torch_load(source: Source, subject: str | None = None) -> Any:
         if "." not in qualname:  # torch drops the "builtins." of builtins it names
             qualname = f"builtins.{qualname}"
         raise UnsafePickleError(refusal_message(subject, qualname, CHECKPOINT_CONTENTS)) from None
+
+
+def _starts_like_a_pickle(source: Any) -> bool:
+    """Whether ``source`` (a path) begins like a torch zip archive or a pickle (protocol marker 0x80);
+    other sources: True."""
+    if not isinstance(source, (str, os.PathLike)):
+        return True
+    try:
+        with open(source, "rb") as f:
+            return f.read(2) in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+    except OSError:
+        return True
 
 
 def _weights_only_reason(text: str) -> str:

@@ -18,6 +18,7 @@ state is an array, still load and are converted on reading.
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def _read(path: Path) -> Any:
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a directory; give the checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
@@ -77,6 +80,8 @@ def _read(path: Path) -> Any:
         raise CheckpointError(str(exc)) from None
     except Exception as exc:  # torch raises many types for truncated or foreign files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError):  # torch's message is a paragraph about weights_only
+            reason = "neither a torch zip archive nor pickle data"
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file ({reason[:120]})") from None
 
 

@@ -94,8 +94,9 @@ def _entries(path: Path) -> list[Path]:
     except FileNotFoundError:
         return []
     except NotADirectoryError:
-        raise UserError(f"output directory {str(path)!r} is a file, not a directory; choose another "
-                        "output_dir") from None
+        blocking = next((p for p in (path, *path.parents) if p.is_file()), path)
+        what = "is a file, not a directory" if blocking == path else f"cannot be created: {str(blocking)!r} is a file"
+        raise UserError(f"output directory {str(path)!r} {what}; choose another output_dir") from None
     except OSError as exc:
         raise UserOSError(os_error_message(exc, "read")) from None
 

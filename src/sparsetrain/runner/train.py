@@ -511,7 +511,8 @@ class _Run:
             self.apply_due_events(span)
             if self.pgap is None:
                 self.pgap = {"round": round_index, "worker": workers[0], "merged": _clone(self.model.state_dict()),
-                             "masks": self.masks().state_dict(), "contributions": {}}
+                             "masks": self.masks().state_dict(), "contributions": {},
+                             "train_flops_before": self.train_flops}
             for worker in workers:
                 if worker < self.pgap["worker"]:
                     continue
@@ -535,6 +536,11 @@ class _Run:
                 self.epoch, self.step = round_start, round_start * self.timeline.steps_per_epoch
                 if self.dist is None:
                     self.save()
+            if self.dist is not None:  # every worker's training counts, as when they run one after another
+                before = self.pgap.get("train_flops_before", self.train_flops)
+                round_flops = torch.tensor([self.train_flops - before], dtype=torch.float64)
+                torch.distributed.all_reduce(round_flops)
+                self.train_flops = before + float(round_flops)
             merged = dict(self.pgap["merged"])
             for contribution in self.pgap["contributions"].values():
                 merged.update(contribution)
@@ -611,6 +617,10 @@ def resolve_timeline(config: RunConfig, targets, num_train_examples: int) -> Tim
         for i, stage in enumerate(config.stages) if isinstance(stage, GaPStage)
     }
     spe = steps_per_epoch(num_train_examples, config.data.batch_size, config.data.drop_last)
+    if spe < 1 and num_train_examples > 0:
+        raise UserError(f"data.batch_size={config.data.batch_size} with data.drop_last=true leaves no full batch of "
+                        f"the {num_train_examples} training examples; valid: batch_size <= {num_train_examples}, "
+                        "or drop_last: false")
     timeline = build_timeline(config, spe, partitions)
     for span in timeline.stages:  # a schedule that does not fit its segment fails before training
         for segment in span.segments:
