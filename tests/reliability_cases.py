@@ -33,19 +33,10 @@ from typing import Any
 
 import yaml
 
-BASE_CONFIG: dict[str, Any] = {
-    "name": "tiny",
-    "seed": 0,
-    "threads": 1,
-    "task": {"dataset": {"name": "digits"}, "model": {"name": "mlp", "options": {"hidden": [16]}}},
-    "data": {"batch_size": 256},
-    "training": {"progress": False},
-    "stages": [
-        {"kind": "dense", "epochs": 1},
-        {"kind": "prune", "method": "gp", "sparsity": 0.5},
-        {"kind": "finetune", "epochs": 1},
-    ],
-}
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_config sits beside this file
+from tiny_config import tiny_config  # noqa: E402
+
+BASE_CONFIG: dict[str, Any] = tiny_config()
 """The valid tiny config every case starts from; ``output_dir`` is ``{tmp}/run``."""
 
 AREAS = ("config", "cli", "checkpoint", "masks", "data", "run-dir", "disk", "training")

@@ -8,6 +8,7 @@ import torch
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from tiny_config import tiny_config
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -27,16 +28,7 @@ from sparsetrain.sparsity import (
 )
 from sparsetrain.sparsity.masks import EmptyLayerWarning
 
-BASE = {
-    "name": "in",
-    "seed": 0,
-    "threads": 1,
-    "task": {"dataset": {"name": "digits"}, "model": {"name": "mlp", "options": {"hidden": [16]}}},
-    "data": {"batch_size": 256},
-    "training": {"progress": False},
-    "stages": [{"kind": "dense", "epochs": 1}, {"kind": "prune", "method": "gp", "sparsity": 0.5},
-               {"kind": "finetune", "epochs": 1}],
-}
+BASE = tiny_config(name="in")
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import torch
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from tiny_config import tiny_config
 from torch import nn
 
 import sparsetrain
@@ -23,19 +24,7 @@ from sparsetrain.runner.preflight import (
 from sparsetrain.runner.train import resolve_timeline
 from sparsetrain.sparsity import SparsityError, select_targets
 
-TINY = {
-    "name": "pre",
-    "seed": 0,
-    "threads": 1,
-    "task": {"dataset": {"name": "digits"}, "model": {"name": "mlp", "options": {"hidden": [16]}}},
-    "data": {"batch_size": 256},
-    "training": {"progress": False},
-    "stages": [
-        {"kind": "dense", "epochs": 1},
-        {"kind": "prune", "method": "gp", "sparsity": 0.5},
-        {"kind": "finetune", "epochs": 1},
-    ],
-}
+TINY = tiny_config(name="pre")
 """digits (64 inputs, 10 classes) and an MLP 64-16-10: targets '1.weight' (16x64) and '3.weight' (10x16)."""
 
 GPMT_099 = ["stages.1.method=gpmt", "stages.1.sparsity=0.99", "stages.1.min_threshold=1"]

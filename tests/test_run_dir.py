@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_config import tiny_config
 
 from sparsetrain.cli import main
 from sparsetrain.config import load_config
@@ -16,17 +17,9 @@ from sparsetrain.runner.checkpoint import CheckpointError
 from sparsetrain.runner.run_dir import MARKER, is_run_dir, read_marker
 from sparsetrain.runner.train import run
 
-TINY = {
-    "name": "tiny",
-    "seed": 1,
-    "threads": 1,
-    "task": {"dataset": {"name": "digits"}, "model": {"name": "mlp", "options": {"hidden": [16]}}},
-    "data": {"batch_size": 128},
-    "optimizer": {"name": "sgd", "lr": 0.05},
-    "training": {"progress": False},
-    "stages": [{"kind": "dense", "epochs": 1}, {"kind": "prune", "method": "gp", "sparsity": 0.9},
-               {"kind": "finetune", "epochs": 1}],
-}
+TINY = tiny_config(seed=1, data={"batch_size": 128}, optimizer={"name": "sgd", "lr": 0.05},
+                   stages=[{"kind": "dense", "epochs": 1}, {"kind": "prune", "method": "gp", "sparsity": 0.9},
+                           {"kind": "finetune", "epochs": 1}])
 USER_FILES = {"config.yaml": b"my own config\n", "metrics.jsonl": b'{"mine": 1}\n', "report.md": b"# my notes\n",
               "summary.json": b"{}", "model_final.pt": b"\x00\x01 not a model"}
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_config import tiny_config
 
 from sparsetrain.cli import main
 from sparsetrain.config import load_config
@@ -20,21 +21,21 @@ from sparsetrain.data.cifar10 import read_cifar10_batch
 from sparsetrain.errors import UserError
 from sparsetrain.interop.gpmt_files import load_mask_list, write_weight_mask_npy
 from sparsetrain.runner.checkpoint import (
-    FORMAT, CheckpointError, load_checkpoint, load_model_weights, load_state_dict_from, restore_rng_state,
+    FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    load_model_weights,
+    load_state_dict_from,
+    restore_rng_state,
 )
-from sparsetrain.safe_pickle import FairseqDictionary, UnsafePickleError, safe_torch_load
+from sparsetrain.safe_pickle import (
+    FairseqDictionary,
+    UnsafePickleError,
+    safe_torch_load,
+)
 from sparsetrain.tasks import build_task
 
-TINY = {
-    "name": "tiny",
-    "seed": 1,
-    "threads": 1,
-    "task": {"dataset": {"name": "digits"}, "model": {"name": "mlp", "options": {"hidden": [16]}}},
-    "data": {"batch_size": 256},
-    "optimizer": {"name": "sgd", "lr": 0.05},
-    "training": {"progress": False},
-    "stages": [{"kind": "dense", "epochs": 1}],
-}
+TINY = tiny_config(seed=1, optimizer={"name": "sgd", "lr": 0.05}, stages=[{"kind": "dense", "epochs": 1}])
 
 
 class _Payload:
@@ -67,7 +68,7 @@ def config_path(tmp_path):
 @pytest.fixture
 def state(config_path):
     """A state dict of the tiny config's model (``0.weight``, ``0.bias`` ... of an MLP)."""
-    model = build_task(load_config(config_path).task).build_model()
+    model = build_task(load_config(config_path)).build_model()
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -164,7 +165,7 @@ def test_weight_mask_npy_and_mask_lists_refuse_malicious_pickles(tmp_path, confi
 
 
 def test_a_pickled_model_object_is_refused_with_a_hint(tmp_path, config_path, capsys):
-    model = build_task(load_config(config_path).task).build_model()
+    model = build_task(load_config(config_path)).build_model()
     path = tmp_path / "model.pt"
     torch.save(model, path)
     assert main(["eval", str(path), "--config", str(config_path)]) == 2
@@ -267,7 +268,7 @@ def test_eval_reads_gpmt_prunedmodel_with_weight_mask_npy_and_a_fairseq_file(tmp
 
 
 def test_load_model_weights_into_the_model(tmp_path, config_path, state):
-    model = build_task(load_config(config_path).task).build_model()
+    model = build_task(load_config(config_path)).build_model()
     path = tmp_path / "ssd.pt"
     torch.save(_user_formats({k: v + 1 for k, v in state.items()})["nvidia_ssd"], path)
     load_model_weights(model, path)
