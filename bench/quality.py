@@ -116,7 +116,8 @@ def run_job(job: Job) -> dict:
         })
         run(config, log=lambda line: None)
     summary = json.loads(summary_file.read_text())
-    return {"job": job, "top1": summary["final"]["test_top1"], "sparsity": summary["sparsity"],
+    final = summary["final"]  # test/top1 since the task protocol; test_top1 in runs of earlier versions
+    return {"job": job, "top1": final.get("test/top1", final.get("test_top1")), "sparsity": summary["sparsity"],
             "flops": summary["train_flops"], "seconds": summary["wall_time_s"]}
 
 

@@ -509,7 +509,7 @@ CASES: list[Case] = [
     _c("world-size-text", "config", "WORLD_SIZE=two in the environment", RUN, r".*WORLD_SIZE.*'two'",
        env={"WORLD_SIZE": "two"}),
     _override("task-kind", "task kind other than classification", "task.kind=regression",
-              r"task.kind='regression': Input should be 'classification'"),
+              r"task.kind='regression': not a registered task; registered: classification"),
     _override("dataset-unknown", "dataset name that is not registered", "task.dataset.name=mnist",
               r"dataset 'mnist' is not one of: cifar10, digits, imagenet, mnist1d, npz"),
     _override("dataset-unknown-plan", "plan with an unknown dataset", "task.dataset.name=mnist",

@@ -118,7 +118,7 @@ def test_baseline_runs_follow_their_plan_and_end_exact(tmp_path, stage):
     config = load_config(path)
     result = run(config, log=lambda line: None)
     targets = select_targets(result.model)
-    timeline = resolve_timeline(config, targets, len(build_task(config.task).train_set))
+    timeline = resolve_timeline(config, targets, len(build_task(config).train_set))
     happened = [json.loads(line) for line in (tmp_path / "b" / "events.jsonl").read_text().splitlines()]
     assert [(e.step, e.kind) for e in timeline.schedule.events()] == [(h["step"], h["kind"]) for h in happened]
     expected = sparsity_after_events(timeline, [t.shape for t in targets])

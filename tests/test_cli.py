@@ -65,7 +65,7 @@ def test_run_plan_eval_report(tmp_path, tiny_config, capsys):
         assert main(["eval", str(checkpoint), "--config", str(tiny_config)]) == 0
         text = capsys.readouterr().out
         assert f"sparsity {summary['sparsity']:.4f} (targets)" in text
-        assert f"top-1 {summary['final']['test_top1']:.2f}%" in text
+        assert f"top-1 {summary['final']['test/top1']:.2f}%" in text
 
     (run_dir / "report.md").unlink()
     assert main(["report", str(run_dir)]) == 0
@@ -149,5 +149,5 @@ def test_eval_reads_both_seed_checkpoint_formats(tmp_path, tiny_config, capsys):
         outputs.append(capsys.readouterr().out)
     summary = json.loads((run_dir / "summary.json").read_text())
     for out in outputs:
-        assert f"top-1 {summary['final']['test_top1']:.2f}%" in out
+        assert f"top-1 {summary['final']['test/top1']:.2f}%" in out
     assert f"sparsity {summary['sparsity']:.4f}; weights non-zero where the masks prune: 0" in outputs[1]

@@ -122,7 +122,7 @@ def test_plan_matches_the_events_of_a_run(tmp_path, stage):
     from sparsetrain.tasks import build_task
 
     targets = select_targets(result.model)
-    timeline = resolve_timeline(config, targets, len(build_task(config.task).train_set))
+    timeline = resolve_timeline(config, targets, len(build_task(config).train_set))
     planned = timeline.schedule.events()
     happened = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
     assert [(e.step, e.kind) for e in planned] == [(h["step"], h["kind"]) for h in happened]

@@ -56,7 +56,7 @@ def _quiet(line: str) -> None:
 
 def _interrupt_at_loss_call(monkeypatch, call: int, action) -> None:
     """Run ``action()`` inside the ``call``-th training loss computation (1-based)."""
-    original = ClassificationTask.loss
+    original = ClassificationTask.cross_entropy
     calls = {"n": 0}
 
     def counting(logits, labels, label_smoothing=0.0):
@@ -65,7 +65,7 @@ def _interrupt_at_loss_call(monkeypatch, call: int, action) -> None:
             action()
         return original(logits, labels, label_smoothing)
 
-    monkeypatch.setattr(ClassificationTask, "loss", staticmethod(counting))
+    monkeypatch.setattr(ClassificationTask, "cross_entropy", staticmethod(counting))
 
 
 def _outputs(run_dir: Path) -> tuple[dict, list, str]:
@@ -155,7 +155,7 @@ def test_nonfinite_loss_stops_the_run_with_a_one_line_error(tmp_path):
 @pytest.mark.parametrize("policy", ["skip", "continue"])
 def test_nonfinite_policies_skip_and_continue_finish(tmp_path, monkeypatch, policy):
     config = load_config(_config_file(tmp_path, policy, STAGES["dense"], on_nonfinite=policy))
-    original = ClassificationTask.loss
+    original = ClassificationTask.cross_entropy
     calls = {"n": 0}
 
     def poisoned(logits, labels, label_smoothing=0.0):
@@ -163,7 +163,7 @@ def test_nonfinite_policies_skip_and_continue_finish(tmp_path, monkeypatch, poli
         loss = original(logits, labels, label_smoothing)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(ClassificationTask, "loss", staticmethod(poisoned))
+    monkeypatch.setattr(ClassificationTask, "cross_entropy", staticmethod(poisoned))
     lines: list[str] = []
     result = run(config, log=lines.append)
     finite = all(bool(torch.isfinite(p).all()) for p in result.model.parameters())

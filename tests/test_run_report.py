@@ -9,7 +9,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sparsetrain.reports import COLUMNS, load_run, markdown_table, method_row, write_report
+from sparsetrain.reports import load_run as _load_run
+from sparsetrain.reports import markdown_table, method_row, result_columns
+from sparsetrain.reports import write_report as _write_report
+from sparsetrain.tasks import ClassificationTask
+
+# The hand-written runs below are in the format of earlier versions (metric keys test_top1, test_loss,
+# train_loss; no primary metric in summary.json): the caller says which task they ran, as the CLI does.
+PRIMARY = ClassificationTask.primary()
+
+
+def load_run(run_dir, primary=PRIMARY):
+    return _load_run(run_dir, primary)
+
+
+def write_report(run_dir, primary=PRIMARY):
+    return _write_report(run_dir, primary)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -86,7 +101,8 @@ def _assert_png(path: Path) -> None:
 
 
 def test_dense_method_row(tmp_path):
-    row = method_row(load_run(make_dense_run(tmp_path)))
+    record = load_run(make_dense_run(tmp_path))
+    row = method_row(record)
     assert row == {
         "Model": "small_resnet (width 16)",
         "Method": "Dense",
@@ -97,7 +113,7 @@ def test_dense_method_row(tmp_path):
         "Best Top-1": "91.25%",
         "Measured Sparsity": "0.0000",
     }
-    assert tuple(row) == COLUMNS
+    assert tuple(row) == result_columns(record.primary)
 
 
 def test_gpmt_method_row(tmp_path):
@@ -238,3 +254,17 @@ def test_module_reads_files_only():
     relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
     assert relative <= {"errors", "atomic"}  # the exception module and atomic_write: standard library only
     assert "torch" not in imported and "sparsetrain" not in imported
+
+
+def test_legacy_keys_are_converted_and_recorded_primary_wins(tmp_path):
+    run = make_dense_run(tmp_path)
+    record = _load_run(run)  # no primary known: generic columns, values n/a
+    assert record.metrics[0]["test/top1"] == 80.0 and record.metrics[0]["train/loss"] == 2.0
+    assert "test_top1" not in record.metrics[0]
+    assert method_row(record)["Primary Metric"] == "n/a"
+    summary = json.loads((run / "summary.json").read_text())
+    summary["primary"] = {"key": "test/loss", "mode": "min", "title": "Test Loss", "short": "Loss", "log": "loss",
+                          "percent": False}
+    (run / "summary.json").write_text(json.dumps(summary))
+    row = method_row(_load_run(run, PRIMARY))  # what the run recorded wins over what the caller says
+    assert row["Test Loss"] == f"{2.2 / 3:.4f}" and "Best Loss" in row

@@ -50,7 +50,7 @@ def test_option_combinations_train_and_keep_sparsity_exact(tmp_path, overrides):
     assert all(torch.count_nonzero(p[~m]) == 0 for p, m in zip(masks.params, masks.masks))
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["sparsity"] == masks.sparsity() and records[-1]["epoch"] == 3
-    assert all(r["test_top1"] >= 0 for r in records)
+    assert all(r["test/top1"] >= 0 for r in records)
 
 
 def test_lr_follows_the_schedule_per_iteration_and_per_epoch(tmp_path):

@@ -146,43 +146,38 @@ def _run(args: argparse.Namespace) -> int:
     if result is None:  # a non-zero rank of a multi-process run: rank 0 writes the results
         return 0
     report = write_report(result.run_dir)
-    print(f"final top-1 {result.final['test_top1']:.2f}%, best {result.best['test_top1']:.2f}%, "
+    from .tasks import get_task
+
+    task = get_task(config.task.kind)
+    key = task.primary_key()
+    print(f"final {task.format_primary(result.final.get(key))}, best {task.format_primary(result.best.get(key))}, "
           f"sparsity {result.final['sparsity']:.4f}; report: {report}")
     return 0
 
 
 def _plan(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .data.registry import dataset_facts
-    from .models.registry import build_model
     from .runner.components import parse_selectors
     from .runner.flops import TRAINING_PASSES, target_forward_flops
     from .runner.timeline import format_plan
     from .runner.train import resolve_timeline
     from .sparsity import select_targets
-    from .tasks import build_task
+    from .tasks import build_task, get_task
 
     config = load_config(args.config, args.overrides, check_files=False)
-    dataset = config.task.dataset
-    facts = dataset_facts(dataset.name, **dataset.options)
-    if facts is not None:  # a dataset on disk: lay the run out from its known size, without reading it
-        num_train, _, input_shape, num_classes = facts
-        model = build_model(config.task.model.name, input_shape=input_shape, num_classes=num_classes,
-                            **config.task.model.options)
-        example = None
+    facts = get_task(config.task.kind).plan_facts(config)
+    if facts is not None:  # e.g. a dataset on disk: lay the run out from its known size, without reading it
+        num_train, model, example = facts
     else:
-        task = build_task(config.task)
-        num_train, input_shape, model = len(task.train_set), task.input_shape, task.build_model()
-        example = task.train_set[0][0]
+        task = build_task(config)
+        num_train, model, example = len(task.train_set), task.build_model(), task.example_input()
     targets = select_targets(model, parse_selectors(config.targets.include), parse_selectors(config.targets.exclude))
     timeline = resolve_timeline(config, targets, num_train)
     from .runner.preflight import check_run
 
     check_run(config, targets, timeline)  # what `run` would refuse before its first epoch, plan refuses too
     print(format_plan(timeline, config, [t.shape for t in targets]))
-    import torch
-
-    flops = target_forward_flops(model, targets, example if example is not None else torch.zeros(input_shape))
+    flops = target_forward_flops(model, targets, example)
     epochs = sum(span.epochs + ((span.gap.kappa - 1) * span.gap.gap_epochs if span.kind == "pgap" else 0)
                  for span in timeline.stages)
     examples = num_train * epochs
@@ -198,7 +193,6 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     import torch
-    from torch.utils.data import DataLoader
 
     from .config import load_config
     from .runner.checkpoint import load_model_weights
@@ -209,13 +203,14 @@ def _eval(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     device = resolve_device(config.device)
-    task = build_task(config.task)
+    task = build_task(config)
     model = task.build_model().to(device)
     load_model_weights(model, args.checkpoint)
     targets = select_targets(model, parse_selectors(config.targets.include), parse_selectors(config.targets.exclude))
     masks = MaskSet.from_nonzero(targets, model_numel=parameter_count(model))
     with torch.no_grad():
-        metrics = task.evaluate(model, DataLoader(task.test_set, batch_size=config.data.eval_batch_size), device)
+        metrics = task.evaluate(model, task.eval_loader(config.data.eval_batch_size), device,
+                                config.training.max_eval_batches)
     if args.masks:
         from .interop.gpmt_files import load_mask_list
 
@@ -225,15 +220,25 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"masks {args.masks}: sparsity {given.sparsity():.4f}; weights non-zero where the masks prune: "
               f"{revived}")
     print(masks.format_table())
-    print(f"top-1 {metrics['test_top1']:.2f}%  loss {metrics['test_loss']:.4f}  "
+    primary = task.PRIMARY[0]
+    others = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items() if name != primary)
+    print(f"{task.format_primary(metrics[primary])}  {others + '  ' if others else ''}"
           f"sparsity {masks.sparsity():.4f} (targets), {masks.sparsity_over_parameters():.4f} (all parameters)")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .reports import write_report
+    import yaml
 
-    print(write_report(args.run_dir))
+    from .reports import write_report
+    from .tasks.registry import primary_of_config
+
+    config_path = Path(args.run_dir) / "config.yaml"
+    try:
+        raw = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
+    except (OSError, ValueError, yaml.YAMLError):
+        raw = None  # write_report says what is wrong with the file
+    print(write_report(args.run_dir, primary_of_config(raw)))
     return 0
 
 

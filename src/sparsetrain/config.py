@@ -94,9 +94,21 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    kind: Literal["classification"] = "classification"
+    kind: str = Field("classification", description="a registered task (sparsetrain.tasks.registry); a task "
+                      "of your own registers itself in a module named under the top-level `imports:`")
     dataset: DatasetConfig = DatasetConfig()
     model: ModelConfig = ModelConfig()
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        from .tasks.registry import task_kinds
+
+        kinds = task_kinds()
+        if kind not in kinds:
+            raise ValueError(f"not a registered task; registered: {', '.join(kinds)} (a task of your own: "
+                             "name its module under imports)")
+        return kind
 
 
 class DataConfig(_Strict):
@@ -269,6 +281,8 @@ class TrainingConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
     amp: Literal["off", "bf16", "fp16"] = "off"
     eval_every: int = Field(1, ge=1, description="epochs between evaluations (the last epoch always evaluates)")
+    max_eval_batches: int | None = Field(
+        None, ge=1, description="evaluate on the first N batches of the evaluation set only (None: all of it)")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the end always saves)")
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="also checkpoint every N optimizer steps, in the middle of an epoch (preemption)")
@@ -318,6 +332,8 @@ class InitConfig(_Strict):
 
 class RunConfig(_Strict):
     name: str = "run"
+    imports: list[str] = Field(default_factory=list, description="modules imported before the config is "
+                               "validated, e.g. one that registers a task, model or dataset of your own")
     seed: int = Field(0, ge=0, lt=2**32)
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -368,6 +384,10 @@ class RunConfig(_Strict):
             "output_dir": True, "training": {"progress", "checkpoint_every_steps", "stop_check_every"}})
         if payload["training"]["on_nonfinite"] == "stop":
             del payload["training"]["on_nonfinite"]
+        if payload["training"]["max_eval_batches"] is None:
+            del payload["training"]["max_eval_batches"]
+        if not payload["imports"]:
+            del payload["imports"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -404,10 +424,27 @@ def parse_config(raw: dict[str, Any], check_files: bool = True) -> RunConfig:
     """Validate ``raw``; ``check_files=False`` skips the checks that data paths and checkpoints exist."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(raw).__name__}")
+    import_modules(raw.get("imports"))
     try:
         return RunConfig.model_validate(raw, context={"skip_file_checks": not check_files})
     except ValidationError as err:
         raise ConfigError(_one_line(err)) from None
+
+
+def import_modules(names: Any) -> None:
+    """Import the config's ``imports:`` (modules that register tasks, models or datasets) before validation."""
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(f"imports={names!r}: must be a list of module names, e.g. [my_package.my_task]")
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any failure of a user's module is one line naming it
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(f"imports: cannot import module {name!r} ({type(exc).__name__}: {detail})") from None
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

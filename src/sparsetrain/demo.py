@@ -36,6 +36,7 @@ from .errors import UserError
 from .reports import load_run, markdown_table, method_row, write_report
 from .runner.run_dir import MARKER, read_marker, run_status
 from .runner.train import RunResult, run
+from .tasks import get_task
 
 DEMO_CONFIGS = Path(__file__).parent / "configs" / "demo"
 RESULTS_TITLE = "# sparsetrain demo"
@@ -156,9 +157,10 @@ def run_demo(
             if action == "rerun":
                 sub_log(f"running again ({why}): replacing the run in {run_dir}")
             results[stem] = run(config, log=sub_log, overwrite=action == "rerun")
+        primary = get_task(config.task.kind).primary()  # for runs of earlier versions, which did not record it
         if action != "keep" or not (run_dir / "report.md").is_file():
-            write_report(run_dir)
-        rows.append(method_row(load_run(run_dir)))
+            write_report(run_dir, primary)
+        rows.append(method_row(load_run(run_dir, primary)))
         if "0.9" in stem and (run_dir / "sparsity" / "final.csv").is_file():
             layer_tables.append(f"{stem} {_layer_table(run_dir)}")
     table = markdown_table(rows)

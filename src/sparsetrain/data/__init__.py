@@ -1,11 +1,8 @@
 """Small built-in datasets (no downloads): see :mod:`sparsetrain.data.digits`,
 :mod:`sparsetrain.data.mnist1d` and, to load them by name, :mod:`sparsetrain.data.registry`."""
 
-from sparsetrain.data.digits import (
-    ClassificationSplit,
-    load_digits_split,
-    stratified_split_indices,
-)
+from sparsetrain.data.base import ClassificationSplit, stratified_split_indices
+from sparsetrain.data.digits import load_digits_split
 from sparsetrain.data.mnist1d import load_mnist1d_split
 from sparsetrain.data.registry import (
     DATASETS,

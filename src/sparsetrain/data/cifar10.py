@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .digits import ClassificationSplit
+from .base import ClassificationSplit
 from .transforms import cifar10_eval_transform, cifar10_train_transform
 from ..errors import UserError
 from ..safe_pickle import UnsafePickleError, restricted_load

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .digits import ClassificationSplit
+from .base import ClassificationSplit
 from .transforms import imagenet_eval_transform, imagenet_train_transform
 from ..errors import UserError
 

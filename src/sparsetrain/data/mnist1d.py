@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from sparsetrain.data.digits import ClassificationSplit, _check_seed, _check_test_fraction
+from .base import ClassificationSplit, check_seed as _check_seed, check_test_fraction as _check_test_fraction
 from ..errors import UserError
 
 MNIST1D_NUM_CLASSES = 10

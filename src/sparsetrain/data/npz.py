@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..errors import UserError
-from .digits import ClassificationSplit
+from .base import ClassificationSplit
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 

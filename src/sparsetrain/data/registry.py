@@ -17,7 +17,8 @@ from torch.utils.data import TensorDataset
 
 from sparsetrain.options import check_options, keyword_options
 from sparsetrain.data.cifar10 import load_cifar10_split
-from sparsetrain.data.digits import ClassificationSplit, load_digits_split
+from sparsetrain.data.base import ClassificationSplit
+from sparsetrain.data.digits import load_digits_split
 from sparsetrain.data.imagenet import load_imagenet_split
 from sparsetrain.data.mnist1d import load_mnist1d_split
 from sparsetrain.data.npz import load_npz_split

@@ -4,12 +4,17 @@ Reads only the files the runner writes; never imports torch or other sparsetrain
 exception types and the standard-library-only ``atomic_write``)::
 
     config.yaml         resolved run config (mapping)
-    metrics.jsonl       one evaluation per line (epoch, test_top1 in percent, sparsity as a fraction, ...)
+    metrics.jsonl       one evaluation per line (epoch, the task's test/<metric> values, train/loss,
+                        sparsity as a fraction, ...); files of earlier versions (test_<metric>,
+                        train_loss) are converted on reading
+    summary.json        also ``primary``: the task's primary metric (key, mode max|min, labels)
     events.jsonl        one mask event per line (step, epoch, stage, kind, label, sparsity, csv)
     sparsity/*.csv      per-layer table at each mask event: layer,shape,numel,kept,sparsity,target
     summary.json        {"final": record, "best": record, "model_numel", "target_numel", "sparsity", "wall_time_s"}
 
 Everything but ``config.yaml`` may be missing or empty; the report says what is missing.
+The headline columns show the task's primary metric: ``summary.json``'s ``primary``, else the one
+the caller passes (``load_run(run_dir, primary)``; the CLI and the demo ask the task registry).
 Units: sparsity values are fractions in [0, 1], accuracies are percents (0-100), times are seconds,
 ``epoch`` is the global number of epochs completed.
 """
@@ -33,16 +38,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-COLUMNS = (
-    "Model",
-    "Method",
-    "Partition",
-    "Sparsity Ratio",
-    "Sparsity Distribution",
-    "Top-1 Accuracy",
-    "Best Top-1",
-    "Measured Sparsity",
-)
+UNKNOWN_PRIMARY: dict[str, Any] = {"key": None, "mode": "max", "title": "Primary Metric", "short": "Primary",
+                                   "log": "primary metric", "percent": False}
+
+
+def result_columns(primary: dict[str, Any]) -> tuple[str, ...]:
+    """The results table's columns; the two metric columns are named by the task's primary metric."""
+    return ("Model", "Method", "Partition", "Sparsity Ratio", "Sparsity Distribution", primary["title"],
+            f"Best {primary['short']}", "Measured Sparsity")
+
 TRAIN_KINDS = frozenset({"dense", "finetune"})
 STAGE_KIND_LABELS = {"sgap": "S-GaP", "pgap": "P-GaP"}
 PRUNE_METHOD_LABELS = {
@@ -77,6 +81,7 @@ class RunRecord:
     layers: list[dict[str, Any]] = field(default_factory=list)
     layers_csv: Path | None = None
     missing: list[str] = field(default_factory=list)
+    primary: dict[str, Any] = field(default_factory=lambda: dict(UNKNOWN_PRIMARY))
 
     @property
     def name(self) -> str:
@@ -92,8 +97,12 @@ class RunRecord:
 # --------------------------------------------------------------------------- loading
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
-    """Parse a run directory; raise a one-line ValueError if it has no readable ``config.yaml``."""
+def load_run(run_dir: str | os.PathLike[str], primary: dict[str, Any] | None = None) -> RunRecord:
+    """Parse a run directory; raise a one-line ValueError if it has no readable ``config.yaml``.
+
+    ``primary`` describes the task's primary metric (``Task.primary()``) for a run whose
+    ``summary.json`` does not record it (a stopped run, or one written by an earlier version).
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
@@ -109,12 +118,41 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
     record.metrics = _read_jsonl(run_dir / "metrics.jsonl", record.missing, "no evaluations recorded")
     record.events = _read_jsonl(run_dir / "events.jsonl", record.missing, "no mask events recorded")
     record.summary = _read_summary(run_dir / "summary.json", record.missing)
+    for row in record.metrics:
+        _convert_legacy_keys(row)
+    for key in ("final", "best"):
+        if record.summary and isinstance(record.summary.get(key), dict):
+            _convert_legacy_keys(record.summary[key])
+    record.primary = _primary(record, primary)
     record.layers_csv = _last_layer_csv(run_dir, record.events)
     if record.layers_csv is None:
         record.missing.append("sparsity/*.csv: no per-layer sparsity table")
     else:
         record.layers = _read_layer_csv(record.layers_csv)
     return record
+
+
+def _convert_legacy_keys(row: dict[str, Any]) -> None:
+    """Metric keys of runs written before the task protocol (``test_<m>``, ``train_loss``) as ``test/<m>``,
+    ``train/loss``, in place and in the same position."""
+    if not any(k == "train_loss" or k.startswith("test_") for k in row):
+        return
+    items = list(row.items())
+    row.clear()
+    for key, value in items:
+        if key == "train_loss":
+            key = "train/loss"
+        elif key.startswith("test_"):
+            key = "test/" + key.removeprefix("test_")
+        row.setdefault(key, value)
+
+
+def _primary(record: RunRecord, given: dict[str, Any] | None) -> dict[str, Any]:
+    """The task's primary metric as the run recorded it, else as the caller gave it, else unknown."""
+    recorded = (record.summary or {}).get("primary")
+    if isinstance(recorded, dict) and isinstance(recorded.get("key"), str):
+        return {**UNKNOWN_PRIMARY, **recorded}
+    return {**UNKNOWN_PRIMARY, **(given or {})}
 
 
 def _read_jsonl(path: Path, missing: list[str], what: str) -> list[dict[str, Any]]:
@@ -203,11 +241,13 @@ def final_metrics(record: RunRecord) -> dict[str, Any] | None:
 
 
 def best_metrics(record: RunRecord) -> dict[str, Any] | None:
-    """The evaluation with the highest test_top1: ``summary["best"]`` if present, else from metrics."""
+    """The evaluation with the best primary metric: ``summary["best"]`` if present, else from metrics."""
     if record.summary and isinstance(record.summary.get("best"), dict):
         return record.summary["best"]
-    scored = [m for m in record.metrics if isinstance(m.get("test_top1"), (int, float))]
-    return max(scored, key=lambda m: m["test_top1"]) if scored else None
+    key = record.primary["key"]
+    scored = [m for m in record.metrics if isinstance(m.get(key), (int, float))]
+    pick = min if record.primary["mode"] == "min" else max
+    return pick(scored, key=lambda m: m[key]) if scored else None
 
 
 def measured_sparsity(record: RunRecord) -> float | None:
@@ -312,10 +352,12 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def _percent(record: dict[str, Any] | None) -> str:
-    """A metrics record's test_top1 (percent) as ``xx.xx%``; 'n/a' if absent."""
-    value = (record or {}).get("test_top1")
-    return f"{value:.2f}%" if isinstance(value, (int, float)) else "n/a"
+def _primary_value(primary: dict[str, Any], record: dict[str, Any] | None) -> str:
+    """A metrics record's primary metric as ``xx.xx%`` (percent metrics) or ``x.xxxx``; 'n/a' if absent."""
+    value = (record or {}).get(primary["key"]) if primary["key"] else None
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{value:.2f}%" if primary.get("percent") else f"{value:.4f}"
 
 
 def method_row(record: RunRecord) -> dict[str, str]:
@@ -338,8 +380,8 @@ def method_row(record: RunRecord) -> dict[str, str]:
         "Partition": _partition(record),
         "Sparsity Ratio": _ratio(target),
         "Sparsity Distribution": distribution,
-        "Top-1 Accuracy": _percent(final_metrics(record)),
-        "Best Top-1": _percent(best_metrics(record)),
+        record.primary["title"]: _primary_value(record.primary, final_metrics(record)),
+        f"Best {record.primary['short']}": _primary_value(record.primary, best_metrics(record)),
         "Measured Sparsity": "n/a" if measured is None else f"{measured:.4f}",
     }
 
@@ -355,14 +397,13 @@ def _cell(value: Any) -> str:
 def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str] | None = None) -> str:
     """Render rows as a markdown table.
 
-    Columns default to ``COLUMNS`` (those present in any row, in that order) followed by any other
-    keys in first-seen order; a row lacking a column gets an empty cell. Returns '' for no rows.
+    Columns default to the rows' keys in first-seen order (a :func:`method_row` is in
+    :func:`result_columns` order); a row lacking a column gets an empty cell. Returns '' for no rows.
     """
     if not rows:
         return ""
     if columns is None:
-        keys = [k for row in rows for k in row]
-        columns = [c for c in COLUMNS if c in keys] + list(dict.fromkeys(k for k in keys if k not in COLUMNS))
+        columns = list(dict.fromkeys(k for row in rows for k in row))
     lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -387,13 +428,15 @@ def _stage_detail(stage: dict[str, Any]) -> str:
 
 
 def _stages_table(record: RunRecord) -> str:
-    """Markdown table of stages with the last test top-1 seen in each."""
-    last_top1: dict[int, dict[str, Any]] = {}
+    """Markdown table of stages with the last primary metric seen in each."""
+    last: dict[int, dict[str, Any]] = {}
     for m in record.metrics:
         if isinstance(m.get("stage"), int):
-            last_top1[m["stage"]] = m
+            last[m["stage"]] = m
+    column = f"Last {record.primary['short']}"
     rows = [
-        {"#": i, "Kind": s.get("kind", "?"), "Details": _stage_detail(s), "Last Top-1": _percent(last_top1.get(i))}
+        {"#": i, "Kind": s.get("kind", "?"), "Details": _stage_detail(s),
+         column: _primary_value(record.primary, last.get(i))}
         for i, s in enumerate(record.stages)
     ]
     return markdown_table(rows) or "_No stages in config._\n"
@@ -466,7 +509,7 @@ def render_markdown(record: RunRecord) -> str:
     parts.append("## Result\n\n" + markdown_table([method_row(record)]))
     if best:
         where = f"epoch {best.get('epoch', '?')} (stage {best.get('stage', '?')})"
-        parts.append(f"Best test top-1 {_percent(best)} at {where}.\n")
+        parts.append(f"Best test {record.primary['log']} {_primary_value(record.primary, best)} at {where}.\n")
     if record.summary and "model_numel" in record.summary:
         parts.append(
             f"Parameters: {record.summary['model_numel']} in the model, "
@@ -478,7 +521,7 @@ def render_markdown(record: RunRecord) -> str:
     parts.append("## Final per-layer sparsity\n\n" + _layers_table(record))
     parts.append(
         "## Plots\n\n"
-        f"![test top-1, losses and sparsity vs epoch]({METRICS_PLOT_NAME})\n\n"
+        f"![test {record.primary['log']}, losses and sparsity vs epoch]({METRICS_PLOT_NAME})\n\n"
         f"![final per-layer sparsity]({LAYER_PLOT_NAME})\n"
     )
     return "\n".join(parts)
@@ -532,7 +575,7 @@ def _sparsity_series(record: RunRecord) -> tuple[list[float], list[float]]:
 
 
 def plot_metrics(record: RunRecord) -> Any:
-    """Figure: test top-1 (percent) and sparsity (fraction, right axis) on top; train/test loss below."""
+    """Figure: the test primary metric and sparsity (fraction, right axis) on top; train/test loss below."""
     fig, (ax_acc, ax_loss) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     fig.suptitle(f"{record.name}: metrics vs epoch")
     if not record.metrics:
@@ -546,8 +589,9 @@ def plot_metrics(record: RunRecord) -> Any:
         pairs = [(e, m[key]) for e, m in zip(epochs, record.metrics) if e is not None and m.get(key) is not None]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
-    ax_acc.plot(*series("test_top1"), "o-", ms=3, color="tab:blue", label="test top-1")
-    ax_acc.set_ylabel("test top-1 (%)")
+    primary = record.primary
+    ax_acc.plot(*series(primary["key"] or ""), "o-", ms=3, color="tab:blue", label=f"test {primary['log']}")
+    ax_acc.set_ylabel(f"test {primary['log']}" + (" (%)" if primary.get("percent") else ""))
     ax_sp = ax_acc.twinx()
     ax_sp.step(*_sparsity_series(record), where="post", color="tab:red", alpha=0.8, label="sparsity")
     ev = [(e["epoch"], e["sparsity"]) for e in record.events if None not in (e.get("epoch"), e.get("sparsity"))]
@@ -558,8 +602,8 @@ def plot_metrics(record: RunRecord) -> Any:
     handles = ax_acc.get_legend_handles_labels()[0] + ax_sp.get_legend_handles_labels()[0]
     ax_acc.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.1, 1.0), fontsize=8)
 
-    ax_loss.plot(*series("train_loss"), "o-", ms=3, label="train loss")
-    ax_loss.plot(*series("test_loss"), "s-", ms=3, label="test loss")
+    ax_loss.plot(*series("train/loss"), "o-", ms=3, label="train loss")
+    ax_loss.plot(*series("test/loss"), "s-", ms=3, label="test loss")
     ax_loss.set_ylabel("loss")
     ax_loss.set_xlabel("epoch (completed)")
     ax_loss.legend(loc="upper left", bbox_to_anchor=(1.1, 1.0), fontsize=8)
@@ -609,12 +653,12 @@ def _save_figure(fig: Any, path: Path) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def write_report(run_dir: str | os.PathLike[str]) -> Path:
+def write_report(run_dir: str | os.PathLike[str], primary: dict[str, Any] | None = None) -> Path:
     """Write ``report.md``, ``plot_metrics.png`` and ``plot_layer_sparsity.png`` into the run dir.
 
     Returns the path of report.md. Plots with no data show a 'no data' message instead.
     """
-    record = load_run(run_dir)
+    record = load_run(run_dir, primary)
     _save_figure(plot_metrics(record), record.run_dir / METRICS_PLOT_NAME)
     _save_figure(plot_layer_sparsity(record), record.run_dir / LAYER_PLOT_NAME)
     report = record.run_dir / REPORT_NAME

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -107,7 +107,7 @@ def epoch_batches(num_examples: int, config: DataConfig, seed: int, epoch: int, 
 
 
 def epoch_loader(dataset: Dataset, config: DataConfig, shards: list[list[int]], seed: int,
-                 skip: int = 0) -> Iterable[Any]:
+                 skip: int = 0, collate_fn: Callable[[list[Any]], Any] | None = None) -> Iterable[Any]:
     """Batches ``shards`` (lists of example indices) of ``dataset``, loaded by ``config.num_workers`` workers,
     without the first ``skip`` batches (a run resumed in the middle of an epoch).
 
@@ -120,8 +120,9 @@ def epoch_loader(dataset: Dataset, config: DataConfig, shards: list[list[int]], 
     """
     generator = torch.Generator().manual_seed(seed)
     if config.num_workers == 0:
-        return DataLoader(dataset, batch_sampler=shards[skip:], generator=generator)
-    loader = DataLoader(dataset, batch_sampler=shards, num_workers=config.num_workers, generator=generator)
+        return DataLoader(dataset, batch_sampler=shards[skip:], generator=generator, collate_fn=collate_fn)
+    loader = DataLoader(dataset, batch_sampler=shards, num_workers=config.num_workers, generator=generator,
+                        collate_fn=collate_fn)
     return itertools.islice(loader, skip, None)
 
 

@@ -49,7 +49,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ..atomic import atomic_write
 from ..config import GaPStage, RunConfig, dump_config
@@ -59,6 +58,7 @@ from ..sparsity import MaskSet, Sparsifier, global_counts, select_targets
 from ..sparsity.partitions import ownership, partition_targets
 from ..sparsity.targets import parameter_count
 from ..tasks import build_task
+from ..tasks.base import TRAIN_LOSS, as_test_metrics
 from .checkpoint import (
     CheckpointError,
     atomic_torch_save,
@@ -146,7 +146,7 @@ class _Run:
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
-        self.task = build_task(config.task)
+        self.task = build_task(config)
         self.model = self.task.build_model().to(self.device)
         if config.init.checkpoint:
             load_model_weights(self.model, config.init.checkpoint)
@@ -154,12 +154,12 @@ class _Run:
         self.exclude = parse_selectors(config.targets.exclude)
         self.targets = select_targets(self.model, self.include, self.exclude)
         self.model_numel = parameter_count(self.model)
-        self.forward_flops = target_forward_flops(self.model, self.targets, self.task.train_set[0][0])
+        self.forward_flops = target_forward_flops(self.model, self.targets, self.task.example_input())
         self.timeline = resolve_timeline(config, self.targets, len(self.task.train_set))
         check_run(config, self.targets, self.timeline)  # what can be refused without data, before any epoch
         self.dist: DistContext | None = None
         self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, when data-parallel
-        self.eval_loader = DataLoader(self.task.test_set, batch_size=config.data.eval_batch_size)
+        self.eval_loader = self.task.eval_loader(config.data.eval_batch_size)
         self.sparsifier: Sparsifier | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.pending_optimizer_state: dict | None = None
@@ -287,9 +287,10 @@ class _Run:
 
     def record(self, kind: str, stage_epoch: int, lr: float, train_loss: float | None) -> dict[str, Any]:
         sparsity, sparsity_all = self.sparsity()
-        metrics = self.task.evaluate(self.model, self.eval_loader, self.device)
+        metrics = as_test_metrics(self.task.evaluate(self.model, self.eval_loader, self.device,
+                                                     self.config.training.max_eval_batches))
         entry = {"stage": self.stage_index, "stage_kind": kind, "epoch": self.epoch, "stage_epoch": stage_epoch,
-                 "step": self.step, "lr": lr, "train_loss": train_loss, **metrics, "sparsity": sparsity,
+                 "step": self.step, "lr": lr, TRAIN_LOSS: train_loss, **metrics, "sparsity": sparsity,
                  "sparsity_all": sparsity_all, "events_applied": self.events_applied,
                  "train_flops": self.train_flops, "time_s": round(self.elapsed(), 3)}
         self.history.append(entry)
@@ -299,10 +300,11 @@ class _Run:
         return entry
 
     def best_record(self) -> dict[str, Any] | None:
-        """Best test top-1 among evaluations under the run's final masks (after its last mask event)."""
+        """Best primary metric of the task among evaluations under the run's final masks (after its last
+        mask event)."""
         total_events = len(self.timeline.schedule.events())
         candidates = [h for h in self.history if h["events_applied"] == total_events]
-        return max(candidates, key=lambda h: h["test_top1"]) if candidates else None
+        return self.task.best(candidates)
 
     # ---- mask events ---------------------------------------------------------------------------
     def apply_due_events(self, span: StageSpan, after_backward: bool = False) -> None:
@@ -319,7 +321,7 @@ class _Run:
         return schedule[self.events_applied].step if self.events_applied < len(schedule) else None
 
     def apply_event(self, span: StageSpan, event: MaskEvent) -> None:
-        before = self.history[-1]["test_top1"] if self.history else None
+        before = self.history[-1][self.task.primary_key()] if self.history else None
         gp_counts = None
         if event.kind == "prune":
             if event.method == "gpmt":  # the reference code's stage 1 log holds plain GP counts
@@ -355,9 +357,10 @@ class _Run:
             return
         after = self.record(span.kind, self.epoch - span.start_epoch, 0.0, None)
         if gp_counts is not None:
-            write_gpmt_reference_files(self.dir / "gpmt_reference", masks, gp_counts, before, after["test_top1"])
+            write_gpmt_reference_files(self.dir / "gpmt_reference", masks, gp_counts, before,
+                                       after[self.task.primary_key()])
         self.log(f"stage {span.index} {event.kind} {event.label}: sparsity {masks.sparsity():.4f}, "
-                 f"top-1 right after {after['test_top1']:.2f}%")
+                 f"{self.task.format_primary(after[self.task.primary_key()], ' right after')}")
 
     # ---- training ------------------------------------------------------------------------------
     def prepare_optimizer(self, span: StageSpan, segment: Segment, epoch: int) -> None:
@@ -390,25 +393,28 @@ class _Run:
         if done == 0:
             self.epoch_loss = (0.0, 0)
         loader = epoch_loader(self.task.train_set, self.config.data, shards,
-                              derived_seed(self.config.seed, epoch, stream, 1), skip=done)
+                              derived_seed(self.config.seed, epoch, stream, 1), skip=done,
+                              collate_fn=self.task.collate_fn)
         batches = progress_bar(loader, f"stage {span.index} {span.kind} epoch {epoch - span.start_epoch + 1}/"
                                f"{span.epochs}", training.progress and self.is_main)
         network = self.ddp if self.ddp is not None else self.model
         self.model.train()
         lr = 0.0
-        for batch_index, ((inputs, labels), global_size) in enumerate(zip(batches, global_sizes[done:]), done):
+        for batch_index, (batch, global_size) in enumerate(zip(batches, global_sizes[done:]), done):
             if self.next_event_step() == self.step:
                 self.apply_due_events(span)
             lr = schedule.lr_at(self.step - segment_start_step if per_iteration else epoch - segment.start_epoch)
             set_lr(self.optimizer, lr)
-            inputs, labels = inputs.to(self.device), labels.to(self.device)
+            batch = self.task.to_device(batch, self.device)
             with autocast:
-                loss = self.task.loss(network(inputs), labels, training.label_smoothing)
+                loss, count = self.task.loss(network, batch)
             loss_value = float(loss.detach())
-            finite = math.isfinite(loss_value) or self.nonfinite_loss(span, epoch, loss_value, inputs)
+            finite = math.isfinite(loss_value) or self.nonfinite_loss(span, epoch, loss_value,
+                                                                      self.task.batch_inputs(batch))
             # DDP averages gradients over ranks; weighting each rank's mean by its share of the global
             # batch makes that average the gradient of the global batch's mean, even for uneven shards.
-            share = labels.numel() * world / global_size
+            # A task counting tokens (not examples) learns the global count from the other ranks.
+            share = count * world / self.global_count(count, global_size) if world > 1 else 1.0
             self.optimizer.zero_grad(set_to_none=not finite)
             if finite:
                 self.scaler.scale(loss * share if world > 1 else loss).backward()
@@ -423,7 +429,7 @@ class _Run:
                 if self.sparsifier is not None:
                     self.sparsifier.step(self.optimizer)
                 total, seen = self.epoch_loss
-                self.epoch_loss = (total + loss_value * labels.numel(), seen + labels.numel())
+                self.epoch_loss = (total + loss_value * count, seen + count)
             self.step += 1
             self.train_flops += self.flops_per_example * global_size
             if hasattr(batches, "set_postfix"):
@@ -433,7 +439,15 @@ class _Run:
         total, seen = self.epoch_loss
         return total / max(seen, 1), lr
 
-    def nonfinite_loss(self, span: StageSpan, epoch: int, value: float, inputs: torch.Tensor) -> bool:
+    def global_count(self, count: int, global_size: int) -> float:
+        """Examples (or tokens) the global batch counts: ``global_size`` for a task counting examples."""
+        if self.task.COUNT_UNIT == "examples":
+            return global_size
+        total = torch.tensor([float(count)], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(total)
+        return float(total)
+
+    def nonfinite_loss(self, span: StageSpan, epoch: int, value: float, inputs: Any) -> bool:
         """Act on a NaN/inf training loss per ``training.on_nonfinite``; True if the step goes on as usual."""
         policy = self.config.training.on_nonfinite
         where = f"step {self.step} (stage {span.index} {span.kind}, epoch {epoch - span.start_epoch + 1})"
@@ -487,7 +501,8 @@ class _Run:
             if self.is_main and (last or stage_epoch % training.eval_every == 0):
                 entry = self.record(span.kind, stage_epoch, lr, loss)
                 self.log(f"stage {span.index} {span.kind} epoch {stage_epoch}/{span.epochs}: train loss {loss:.4f}, "
-                         f"test top-1 {entry['test_top1']:.2f}%, sparsity {entry['sparsity']:.4f}")
+                         f"test {self.task.format_primary(entry[self.task.primary_key()])}, "
+                         f"sparsity {entry['sparsity']:.4f}")
             if last:
                 self.stage_index += 1
             if last or stage_epoch % training.checkpoint_every == 0:
@@ -605,7 +620,8 @@ class _Run:
                    "target_numel": masks.numel() if masks else None,
                    "sparsity": masks.sparsity() if masks else 0.0, "wall_time_s": round(self.elapsed(), 3),
                    "train_flops": self.train_flops,
-                   "dense_train_flops_per_example": TRAINING_PASSES * sum(self.forward_flops)}
+                   "dense_train_flops_per_example": TRAINING_PASSES * sum(self.forward_flops),
+                   "primary": self.task.primary()}
         atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2))
         return RunResult(self.dir, self.model, masks, final, best)
 
@@ -634,7 +650,7 @@ def resolve_timeline(config: RunConfig, targets, num_train_examples: int) -> Tim
 
 def _first_nonfinite(inputs: torch.Tensor, model: nn.Module) -> str:
     """Where a NaN/inf first shows: the input batch, then parameters and buffers in ``state_dict`` order."""
-    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
         return "the input batch (check the data)"
     for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
         for name, tensor in named:

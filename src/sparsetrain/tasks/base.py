@@ -1,0 +1,130 @@
+"""The task protocol: what the runner, ``plan``, ``eval`` and reports need from a task, and nothing more.
+
+A task owns its datasets, how its model is built, how a batch moves to the device, the training
+loss of a batch with the number of examples (or tokens) it counts, evaluation, and its primary
+metric with its direction. The runner calls only the methods of :class:`Task`; no other module
+names a metric.
+
+Metric keys: :meth:`Task.evaluate` returns names without a split (``{"top1": 97.5, "loss": 0.1}``);
+the runner writes them as ``test/<name>`` (and the mean training loss as ``train/loss``) in
+``metrics.jsonl`` and ``summary.json``. ``PRIMARY = ("top1", "max")`` names the metric that picks
+the "best" checkpoint and fills the reports' headline columns; ``METRIC_LABEL`` says how reports
+show it (``title`` and ``short`` column names, ``percent`` when the value is in percent).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+TEST_PREFIX = "test/"
+TRAIN_LOSS = "train/loss"
+
+
+class Task:
+    """Base class of every task; a subclass is registered under its ``kind`` (see :mod:`.registry`).
+
+    ``Task.build(config)`` reads the data (``train_set``, ``eval_set``); the other methods work on
+    batches as the ``DataLoader`` of those datasets yields them (with :attr:`collate_fn`).
+    """
+
+    kind: ClassVar[str] = ""
+    PRIMARY: ClassVar[tuple[str, str]] = ("loss", "min")
+    """(metric name as :meth:`evaluate` returns it, "max" or "min")."""
+    METRIC_LABEL: ClassVar[dict[str, Any]] = {"title": "Loss", "short": "Loss", "log": "loss", "percent": False}
+    COUNT_UNIT: ClassVar[str] = "examples"
+    """What :meth:`loss` counts: ``examples`` (DDP weights ranks by their share of the global batch,
+    known without communication) or anything else, e.g. ``tokens`` (the counts are all-reduced)."""
+    collate_fn: Any = None
+
+    def __init__(self, config: RunConfig, train_set: Dataset, eval_set: Dataset) -> None:
+        self.config = config
+        self.train_set = train_set
+        self.eval_set = eval_set
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: RunConfig) -> Task:
+        """Read the datasets named by ``config.task.dataset``."""
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model (the caller seeds the RNG first)."""
+        raise NotImplementedError
+
+    @classmethod
+    def plan_facts(cls, config: RunConfig) -> tuple[int, nn.Module, Any] | None:
+        """``(training examples, model, one example input)`` known without reading the data (``plan``
+        on a dataset that is not on this machine), else None: ``plan`` then builds the task."""
+        return None
+
+    def example_input(self) -> Any:
+        """One training input without the batch axis (``plan`` and FLOP counts run the model on it)."""
+        return self.train_set[0][0]
+
+    # ---- batches ------------------------------------------------------------------------------
+    def to_device(self, batch: Any, device: torch.device) -> Any:
+        """The batch as the model and :meth:`loss` take it, on ``device``."""
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.to_device(b, device) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self.to_device(v, device) for k, v in batch.items()}
+        return batch.to(device) if isinstance(batch, torch.Tensor) else batch
+
+    def batch_inputs(self, batch: Any) -> Any:
+        """The model inputs of a batch (what a NaN check looks at first)."""
+        return batch[0]
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+        """``(mean training loss of the batch, how many examples or tokens it averages over)``."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
+                 max_batches: int | None = None) -> dict[str, float]:
+        """Metrics over ``loader`` (its first ``max_batches`` batches when given), names without a split."""
+        raise NotImplementedError
+
+    def eval_loader(self, batch_size: int) -> DataLoader:
+        return DataLoader(self.eval_set, batch_size=batch_size, collate_fn=self.collate_fn)
+
+    # ---- the primary metric --------------------------------------------------------------------
+    @classmethod
+    def primary_key(cls) -> str:
+        return TEST_PREFIX + cls.PRIMARY[0]
+
+    @classmethod
+    def primary(cls) -> dict[str, Any]:
+        """What ``summary.json`` records so reports need not import the task: key, mode, labels."""
+        return {"key": cls.primary_key(), "mode": cls.PRIMARY[1], **cls.METRIC_LABEL}
+
+    @classmethod
+    def better(cls, a: float, b: float) -> bool:
+        """Whether primary value ``a`` is strictly better than ``b``."""
+        return a > b if cls.PRIMARY[1] == "max" else a < b
+
+    @classmethod
+    def best(cls, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The record with the best primary metric (the first of ties), or None."""
+        key = cls.primary_key()
+        scored = [r for r in records if isinstance(r.get(key), (int, float))]
+        if not scored:
+            return None
+        pick = max if cls.PRIMARY[1] == "max" else min
+        return pick(scored, key=lambda r: r[key])
+
+    @classmethod
+    def format_primary(cls, value: float | None, after: str = "") -> str:
+        """``top-1 97.50%``-style text of a primary value for log lines (``after`` goes between the two)."""
+        label = cls.METRIC_LABEL.get("log", cls.METRIC_LABEL["short"])
+        text = "n/a" if value is None else f"{value:.2f}%" if cls.METRIC_LABEL.get("percent") else f"{value:.4f}"
+        return f"{label}{after} {text}"
+
+def as_test_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """``{"top1": x}`` -> ``{"test/top1": x}``."""
+    return {TEST_PREFIX + name: value for name, value in metrics.items()}
