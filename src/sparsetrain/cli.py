@@ -6,6 +6,7 @@
     sparsetrain eval CHECKPOINT --config CONFIG top-1 and per-layer sparsity of any checkpoint
     sparsetrain report RUN_DIR                  (re)write report.md and the plots of a run
     sparsetrain demo [--out DIR] [--fresh]      the embedded-data comparison table
+    sparsetrain list                            registered tasks, datasets, models, methods, partitions
 
 Bad input (a ``UserError``: config, sparsity, checkpoint and data errors all are) prints one
 line, ``error: <message>``, to stderr and exits with status 2, without a traceback. So does an
@@ -119,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="rerun every config (default: keep runs finished under the same config, resume stopped ones)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every demo config")
+
+    commands.add_parser(
+        "list", help="print the registered tasks, datasets, models, methods and partition schemes",
+        description="Print what a config may name, one per line under a heading each: tasks (task.kind), "
+        "datasets (task.dataset.name), models (task.model.name), methods (the stage kinds; prune with its "
+        "budgets) and partition schemes and presets (partitions.scheme of a GaP stage).")
     return parser
 
 
@@ -159,6 +166,7 @@ def _plan(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runner.components import parse_selectors
     from .runner.flops import TRAINING_PASSES, target_forward_flops
+    from .methods import trains_with_workers
     from .runner.timeline import format_plan
     from .runner.train import resolve_timeline
     from .sparsity import select_targets
@@ -178,7 +186,7 @@ def _plan(args: argparse.Namespace) -> int:
     check_run(config, targets, timeline)  # what `run` would refuse before its first epoch, plan refuses too
     print(format_plan(timeline, config, [t.shape for t in targets]))
     flops = target_forward_flops(model, targets, example)
-    epochs = sum(span.epochs + ((span.gap.kappa - 1) * span.gap.gap_epochs if span.kind == "pgap" else 0)
+    epochs = sum(span.epochs + ((span.gap.kappa - 1) * span.gap.gap_epochs if trains_with_workers(span.kind) else 0)
                  for span in timeline.stages)
     examples = num_train * epochs
     total = examples * TRAINING_PASSES * sum(flops)
@@ -249,7 +257,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    from .data.registry import DATASETS
+    from .methods import REGISTRY
+    from .models.registry import MODELS
+    from .sparsity.partitions import PRESETS, SCHEMES
+    from .sparsity.prune import METHODS as PRUNE_BUDGETS
+
+    try:
+        from .tasks.registry import task_kinds
+        tasks = list(task_kinds())
+    except ImportError:  # no task registry: the one built-in task
+        tasks = ["classification"]
+    methods = [f"{kind} (method: {', '.join(PRUNE_BUDGETS)})" if kind == "prune" else kind for kind in REGISTRY]
+    for heading, names in (("tasks", tasks), ("datasets", list(DATASETS)), ("models", list(MODELS)),
+                           ("methods", methods), ("partitions", [*SCHEMES, *PRESETS])):
+        print(f"{heading}:")
+        for name in names:
+            print(f"  {name}")
+    return 0
+
+
 COMMANDS = {"run": _run, "plan": _plan, "eval": _eval, "report": _report, "demo": _demo}
+INFO_COMMANDS = {"list": _list}
+"""Commands that read nothing of a config or a run (not named in the no-command error)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         _check_named_files(args)
-        return COMMANDS[args.command](args)
+        return {**COMMANDS, **INFO_COMMANDS}[args.command](args)
     except UserError as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)

@@ -15,18 +15,15 @@ Without an ``output_dir``, a config loaded with overrides writes to ``runs/<name
 from __future__ import annotations
 
 import copy
-import types
 import hashlib
 import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -35,6 +32,18 @@ from pydantic import (
 )
 
 from .errors import UserError
+from .methods import (  # noqa: F401  (the stage schemas, re-exported: ``from sparsetrain.config import GaPStage``)
+    REGISTRY,
+    DSTStage,
+    GaPStage,
+    GMPStage,
+    PartitionConfig,
+    PruneStage,
+    TrainStage,
+    method_for,
+    stage_schemas,
+)
+from .methods.schema import StrictModel, is_numeric
 
 
 class ConfigError(UserError):
@@ -46,32 +55,8 @@ def _checks_files(info: ValidationInfo) -> bool:
     return not (info.context or {}).get("skip_file_checks", False)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_boolean_numbers(cls, data: Any) -> Any:
-        """YAML's ``true``/``yes`` are not numbers: pydantic's lax mode would read them as 1."""
-        if isinstance(data, dict):
-            for key, value in data.items():
-                field = cls.model_fields.get(key) if isinstance(key, str) else None
-                if isinstance(value, bool) and field is not None and _is_numeric(field.annotation):
-                    raise ValueError(f"{key}={value!r} must be a number, not a boolean")
-        return data
-
-
-def _is_numeric(annotation: Any) -> bool:
-    """Whether a field's type is a number (int/float, maybe optional or constrained) and admits no bool."""
-    import typing
-
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is Annotated:
-        return _is_numeric(args[0])
-    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = [a for a in args if a is not type(None)]
-        return bool(members) and all(_is_numeric(a) for a in members if typing.get_origin(a) is not dict)
-    return annotation in (int, float)
+_Strict = StrictModel  # frozen, no unknown keys, no booleans as numbers (shared with the methods' stage schemas)
+_is_numeric = is_numeric
 
 
 class DatasetConfig(_Strict):
@@ -155,121 +140,9 @@ class LRScheduleConfig(_Strict):
     gamma: float = Field(0.1, gt=0, le=1)
 
 
-class TrainStage(_Strict):
-    kind: Literal["dense", "finetune"]
-    epochs: int = Field(ge=1)
-    optimizer: dict[str, Any] = Field(default_factory=dict, description="overrides of the top-level optimizer")
-    lr_schedule: dict[str, Any] = Field(default_factory=dict, description="overrides of the top-level lr_schedule")
-
-
-class PruneStage(_Strict):
-    kind: Literal["prune"]
-    method: Literal["gp", "gpmt", "uniform", "erk", "profile", "random"] = "gp"
-    sparsity: Annotated[float, Field(ge=0, lt=1)] | dict[str, Annotated[float, Field(ge=0, lt=1)]]
-    min_threshold: float | None = Field(None, ge=0, le=100, description="GPMT floor, percent of target weights")
-    seed: int | None = Field(None, ge=0, description="random pruning: seed of the positions (default: run seed)")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PruneStage:
-        if self.method == "profile" and not isinstance(self.sparsity, dict):
-            raise ValueError("method 'profile' needs sparsity as {regex: sparsity}")
-        if self.method != "profile" and isinstance(self.sparsity, dict):
-            raise ValueError(f"method {self.method!r} needs one sparsity in [0, 1), not a mapping")
-        if self.min_threshold is not None and self.method != "gpmt":
-            raise ValueError("min_threshold only applies to method 'gpmt'")
-        if self.seed is not None and self.method != "random":
-            raise ValueError("seed only applies to method 'random'")
-        return self
-
-
-class PartitionConfig(_Strict):
-    scheme: str | list[str] = Field(
-        "blocks", description="layers | balanced | blocks | stages | a preset (resnet_stages, resnet50_blocks, "
-        "transformer_2/3/6) | a list of name regexes, one per partition")
-    kappa: int | None = Field(None, ge=1, description="number of partitions (implied by presets and regex lists)")
-
-
-class GaPStage(_Strict):
-    """Scheduled grow-and-prune. ``sgap`` grows one partition at a time (cyclic or seeded random order);
-    ``pgap`` grows every partition at once on kappa workers and merges them after each round."""
-
-    kind: Literal["sgap", "pgap"]
-    sparsity: float = Field(ge=0, lt=1)
-    partitions: PartitionConfig = PartitionConfig()
-    epochs_per_step: int = Field(ge=1, description="T: epochs each grown partition trains")
-    rounds: int = Field(1, ge=1, description="R: S-GaP grows every partition R times after the first step; "
-                        "P-GaP runs R parallel rounds")
-    finetune_epochs: int = Field(ge=1, description="F: epochs with all masks fixed at the end")
-    grow_order: Literal["cyclic", "random"] = "cyclic"
-    distribution: Literal["uniform", "non-uniform", "erk"] = Field(
-        "uniform", description="uniform: every tensor at sparsity; non-uniform: global magnitude within the "
-        "partition being pruned; erk: per-tensor ERK budgets")
-    reset_optimizer: bool = Field(True, description="fresh optimizer and LR warm-up at every GaP step (reference)")
-    init: Literal["random", "magnitude"] = Field(
-        "random", description="random: seeded random masks (reference); magnitude: prune the current weights")
-    mask_seed: int | None = Field(None, ge=0, description="seed of the initial random masks (default: run seed)")
-    optimizer: dict[str, Any] = Field(default_factory=dict)
-    lr_schedule: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> GaPStage:
-        if self.kind == "pgap" and self.grow_order != "cyclic":
-            raise ValueError("grow_order only applies to sgap: every P-GaP worker grows its own partition")
-        return self
-
-
-class GMPStage(_Strict):
-    """Gradual magnitude pruning (Zhu & Gupta): sparsity rises along a cubic from ``initial_sparsity``
-    at ``start_epoch`` to ``sparsity`` at ``end_epoch`` (default: 75% of the stage), then training
-    goes on with the masks fixed."""
-
-    kind: Literal["gmp"]
-    sparsity: float = Field(ge=0, lt=1)
-    epochs: int = Field(ge=1)
-    initial_sparsity: float = Field(0.0, ge=0, lt=1)
-    start_epoch: int = Field(0, ge=0, description="epoch of the stage at which pruning starts")
-    end_epoch: int | None = Field(None, ge=0, description="epoch of the stage at which the final sparsity is reached")
-    frequency: int | None = Field(None, ge=1, description="steps between prunings (default: one epoch)")
-    distribution: Literal["uniform", "global"] = "uniform"
-    optimizer: dict[str, Any] = Field(default_factory=dict)
-    lr_schedule: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> GMPStage:
-        end = self.final_epoch
-        if not self.start_epoch <= end <= self.epochs:
-            raise ValueError(f"needs start_epoch={self.start_epoch} <= end_epoch={end} <= epochs={self.epochs}")
-        if self.initial_sparsity > self.sparsity:
-            raise ValueError(f"initial_sparsity={self.initial_sparsity} exceeds sparsity={self.sparsity}")
-        return self
-
-    @property
-    def final_epoch(self) -> int:
-        return self.end_epoch if self.end_epoch is not None else int(0.75 * self.epochs)
-
-
-class DSTStage(_Strict):
-    """Dynamic sparse training from a random sparse init: SET (random regrowth, constant drop
-    fraction) or RigL (gradient regrowth, cosine-decayed drop fraction); paper defaults."""
-
-    kind: Literal["set", "rigl"]
-    sparsity: float = Field(ge=0, lt=1)
-    epochs: int = Field(ge=1)
-    distribution: Literal["uniform", "erk"] = "erk"
-    update_every: int = Field(100, ge=1, description="steps between drop-and-grow updates")
-    drop_fraction: float = Field(0.3, gt=0, le=1, description="alpha: fraction of active weights replaced")
-    stop_fraction: float = Field(0.75, gt=0, le=1, description="updates stop after this fraction of the stage")
-    decay: Literal["cosine", "constant"] | None = Field(None, description="default: cosine for RigL, constant for SET")
-    mask_seed: int | None = Field(None, ge=0)
-    optimizer: dict[str, Any] = Field(default_factory=dict)
-    lr_schedule: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def drop_decay(self) -> str:
-        return self.decay or ("cosine" if self.kind == "rigl" else "constant")
-
-
-Stage = Annotated[TrainStage | PruneStage | GaPStage | GMPStage | DSTStage, Field(discriminator="kind")]
+# The stage schemas belong to the method modules (sparsetrain.methods); the union of the
+# registered ones is a config's ``stages`` item, told apart by ``kind``.
+Stage = Annotated[Union[stage_schemas()], Field(discriminator="kind")]  # type: ignore[valid-type]
 
 
 TrainingStage = TrainStage | GaPStage | GMPStage | DSTStage
@@ -352,7 +225,7 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _stage_overrides_are_valid(self) -> RunConfig:
         for i, stage in enumerate(self.stages):
-            if isinstance(stage, (TrainStage, GaPStage, GMPStage, DSTStage)):
+            if method_for(stage.kind).TRAINS:
                 for section, build in (("optimizer", self.stage_optimizer), ("lr_schedule", self.stage_lr_schedule)):
                     try:
                         build(stage)
@@ -392,7 +265,7 @@ class RunConfig(_Strict):
 
 
 _TYPE_LABELS = {"str", "int", "float", "bool", "dict", "list", "tuple", "none"}  # pydantic's union branch labels
-_STAGE_TAGS = {"dense", "finetune", "prune", "sgap", "pgap", "gmp", "set", "rigl"}
+_STAGE_TAGS = set(REGISTRY)
 
 
 def _one_line(error: ValidationError, prefix: str = "") -> str:

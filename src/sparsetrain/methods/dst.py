@@ -17,12 +17,48 @@ ranked with the engine's selection (ties by position), SET's random scores come 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from ..sparsity import MaskSet, per_tensor_counts, random_masks, smallest_magnitude_masks
+from .base import StageContext, StageLayout, single_segment
+from .checks import check_per_tensor
 from .events import MaskEvent
+from .schema import StrictModel
 from ..errors import UserError
+
+
+class DSTStage(StrictModel):
+    """Dynamic sparse training from a random sparse init: SET (random regrowth, constant drop
+    fraction) or RigL (gradient regrowth, cosine-decayed drop fraction); paper defaults."""
+
+    kind: Literal["set", "rigl"]
+    sparsity: float = Field(ge=0, lt=1)
+    epochs: int = Field(ge=1)
+    distribution: Literal["uniform", "erk"] = "erk"
+    update_every: int = Field(100, ge=1, description="steps between drop-and-grow updates")
+    drop_fraction: float = Field(0.3, gt=0, le=1, description="alpha: fraction of active weights replaced")
+    stop_fraction: float = Field(0.75, gt=0, le=1, description="updates stop after this fraction of the stage")
+    decay: Literal["cosine", "constant"] | None = Field(None, description="default: cosine for RigL, constant for SET")
+    mask_seed: int | None = Field(None, ge=0)
+    optimizer: dict[str, Any] = Field(default_factory=dict)
+    lr_schedule: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def drop_decay(self) -> str:
+        return self.decay or ("cosine" if self.kind == "rigl" else "constant")
+
+
+KINDS = ("set", "rigl")
+SCHEMA = DSTStage
+TRAINS = True
+PARTITIONED = False
+WORKER_KINDS: tuple[str, ...] = ()
+LABELS = {"set": "SET", "rigl": "RIGL"}
+"""The report's Method cell (kept as the report has always printed them)."""
 
 _EXCLUDED = 1.0e30
 """Score given to positions that must never be chosen (finite, so the selection accepts it)."""
@@ -99,3 +135,49 @@ def apply_dst_event(event: MaskEvent, masks: MaskSet) -> None:
         drop_and_grow_(masks, event.drop_fraction, "gradient" if event.kind == "rigl_update" else "random", event.seed)
     else:
         raise UserError(f"event kind {event.kind!r} is not a SET/RigL event")
+
+
+# ---- the method module's interface (see methods/base.py) -------------------------------------
+
+
+def layout(stage: DSTStage, ctx: StageContext) -> StageLayout:
+    return single_segment(stage.epochs)
+
+
+def events(stage: DSTStage, ctx: StageContext) -> list[MaskEvent]:
+    return dst_events(stage.kind, ctx.start_step, stage.epochs * ctx.steps_per_epoch, stage.sparsity,
+                      distribution=stage.distribution, update_every=stage.update_every,
+                      drop_fraction=stage.drop_fraction, stop_fraction=stage.stop_fraction, decay=stage.drop_decay,
+                      seed=ctx.seed if stage.mask_seed is None else stage.mask_seed, stage=ctx.index)
+
+
+def apply(event: MaskEvent, masks: MaskSet, ctx: StageContext | None = None) -> None:
+    apply_dst_event(event, masks)
+
+
+def pruned_after(event: MaskEvent, pruned: list[int], shapes: Sequence[Sequence[int]],
+                 ctx: StageContext) -> list[int] | None:
+    if event.kind == "dst_init":
+        return per_tensor_counts(shapes, event.sparsity, event.distribution)
+    return pruned  # drop and grow keep every tensor's count
+
+
+def evaluates_after(event: MaskEvent) -> bool:
+    return event.kind == "dst_init"  # not after the frequent updates
+
+
+def label(stage: Mapping[str, Any]) -> str:
+    kind = str(stage.get("kind"))
+    return LABELS.get(kind, kind.upper())
+
+
+def distribution_label(stage: Mapping[str, Any]) -> str:
+    distribution = stage.get("distribution")
+    return str(distribution).capitalize() if distribution else "-"
+
+
+def preflight(stage: DSTStage, key: str, names: Sequence[str], shapes: Sequence[tuple[int, ...]],
+              ctx: StageContext) -> None:
+    """The per-tensor budgets may not empty a layer."""
+    check_per_tensor(key, f"{stage.kind} {stage.distribution}", stage.sparsity, names, shapes,
+                     per_tensor_counts(shapes, stage.sparsity, stage.distribution))

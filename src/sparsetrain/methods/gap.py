@@ -26,16 +26,60 @@ state is zero, as in the reference code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 
 from ..sparsity import MaskSet, per_tensor_counts, per_tensor_smallest_magnitude_masks, smallest_magnitude_masks
 from ..sparsity.budgets import count_for
 from ..sparsity.random_masks import random_masks
+from .base import StageContext, StageLayout
+from .checks import check_group, check_per_tensor
 from .events import MaskEvent
+from .schema import PartitionConfig, StrictModel
 from ..errors import UserError
+
+
+class GaPStage(StrictModel):
+    """Scheduled grow-and-prune. ``sgap`` grows one partition at a time (cyclic or seeded random order);
+    ``pgap`` grows every partition at once on kappa workers and merges them after each round."""
+
+    kind: Literal["sgap", "pgap"]
+    sparsity: float = Field(ge=0, lt=1)
+    partitions: PartitionConfig = PartitionConfig()
+    epochs_per_step: int = Field(ge=1, description="T: epochs each grown partition trains")
+    rounds: int = Field(1, ge=1, description="R: S-GaP grows every partition R times after the first step; "
+                        "P-GaP runs R parallel rounds")
+    finetune_epochs: int = Field(ge=1, description="F: epochs with all masks fixed at the end")
+    grow_order: Literal["cyclic", "random"] = "cyclic"
+    distribution: Literal["uniform", "non-uniform", "erk"] = Field(
+        "uniform", description="uniform: every tensor at sparsity; non-uniform: global magnitude within the "
+        "partition being pruned; erk: per-tensor ERK budgets")
+    reset_optimizer: bool = Field(True, description="fresh optimizer and LR warm-up at every GaP step (reference)")
+    init: Literal["random", "magnitude"] = Field(
+        "random", description="random: seeded random masks (reference); magnitude: prune the current weights")
+    mask_seed: int | None = Field(None, ge=0, description="seed of the initial random masks (default: run seed)")
+    optimizer: dict[str, Any] = Field(default_factory=dict)
+    lr_schedule: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GaPStage:
+        if self.kind == "pgap" and self.grow_order != "cyclic":
+            raise ValueError("grow_order only applies to sgap: every P-GaP worker grows its own partition")
+        return self
+
+
+KINDS = ("sgap", "pgap")
+SCHEMA = GaPStage
+TRAINS = True
+PARTITIONED = True
+WORKER_KINDS = ("pgap",)
+"""P-GaP's rounds train kappa workers on copies of the model; the runner carries them out."""
+LABELS = {"sgap": "S-GaP", "pgap": "P-GaP"}
 
 
 @dataclass(frozen=True)
@@ -154,3 +198,87 @@ def apply_gap_event(event: MaskEvent, masks: MaskSet, partitions: Sequence[Seque
     if event.grow is not None:
         masks.grow_(partitions[event.grow])
     masks.apply_()
+
+
+# ---- the method module's interface (see methods/base.py) -------------------------------------
+
+
+def _seed(stage: GaPStage, ctx: StageContext) -> int:
+    return ctx.seed if stage.mask_seed is None else stage.mask_seed
+
+
+def layout(stage: GaPStage, ctx: StageContext) -> StageLayout:
+    """Epochs and optimizer segments: one per GaP step (P-GaP: per round) and one for fine-tuning,
+    or a single segment for S-GaP without ``reset_optimizer``."""
+    if not ctx.partitions:
+        raise UserError(f"stages.{ctx.index} ({stage.kind}) needs its partitions, resolved against the model")
+    gap = gap_layout(stage.kind, len(ctx.partitions), stage.epochs_per_step, stage.rounds, stage.finetune_epochs,
+                     stage.grow_order, _seed(stage, ctx))
+    if not stage.reset_optimizer and gap.variant == "sgap":
+        return StageLayout(gap.epochs, ((0, gap.epochs),), gap)
+    steps = gap.gap_epochs // gap.epochs_per_step
+    segments = [(k * gap.epochs_per_step, gap.epochs_per_step) for k in range(steps)]
+    return StageLayout(gap.epochs, (*segments, (gap.gap_epochs, gap.finetune_epochs)), gap)
+
+
+def events(stage: GaPStage, ctx: StageContext) -> list[MaskEvent]:
+    gap = layout(stage, ctx).detail
+    return gap_events(gap, ctx.start_step, ctx.steps_per_epoch, stage.sparsity, distribution=stage.distribution,
+                      init=stage.init, seed=_seed(stage, ctx), reset_optimizer=stage.reset_optimizer,
+                      stage=ctx.index)
+
+
+def apply(event: MaskEvent, masks: MaskSet, ctx: StageContext) -> None:
+    apply_gap_event(event, masks, ctx.partition_indices)
+
+
+def pruned_after(event: MaskEvent, pruned: list[int], shapes: Sequence[Sequence[int]],
+                 ctx: StageContext) -> list[int] | None:
+    """GaP events re-budget whole partitions, which together cover all targets."""
+    pruned = list(pruned)
+    numels = [math.prod(shape) for shape in shapes]
+    parts = ctx.partition_indices
+    per_tensor = per_tensor_counts(shapes, event.sparsity, event.distribution)
+    if event.kind in ("gap_init", "pgap_init"):
+        for part in parts:
+            for i in part:
+                pruned[i] = per_tensor[i]
+    for p in event.prune:
+        if event.distribution == "non-uniform":
+            for i in parts[p]:
+                pruned[i] = 0
+            pruned[parts[p][0]] = count_for(sum(numels[i] for i in parts[p]), event.sparsity)
+        else:
+            for i in parts[p]:
+                pruned[i] = per_tensor[i]
+    if event.grow is not None:
+        for i in parts[event.grow]:
+            pruned[i] = 0
+    return pruned
+
+
+def evaluates_after(event: MaskEvent) -> bool:
+    return event.kind != "pgap_round"  # bookkeeping: the workers have not trained yet
+
+
+def label(stage: Mapping[str, Any]) -> str:
+    kind = str(stage.get("kind"))
+    return LABELS.get(kind, kind.upper())
+
+
+def distribution_label(stage: Mapping[str, Any]) -> str:
+    distribution = stage.get("distribution")
+    return str(distribution).capitalize() if distribution else "-"
+
+
+def preflight(stage: GaPStage, key: str, names: Sequence[str], shapes: Sequence[tuple[int, ...]],
+              ctx: StageContext) -> None:
+    """No budget known to empty a layer (non-uniform: a whole partition)."""
+    if stage.distribution == "non-uniform":
+        for part in ctx.partitions:
+            indices = part.target_indices
+            check_group(key, f"{stage.kind} non-uniform, partition P{part.index + 1}", stage.sparsity,
+                        [names[i] for i in indices], [shapes[i] for i in indices])
+    else:
+        check_per_tensor(key, f"{stage.kind} {stage.distribution}", stage.sparsity, names, shapes,
+                         per_tensor_counts(shapes, stage.sparsity, stage.distribution))

@@ -59,6 +59,7 @@ PRUNE_METHOD_LABELS = {
 DISTRIBUTION_LABELS = {"gp": "Global", "gpmt": "Global", "uniform": "Uniform", "erk": "ERK", "profile": "Profile"}
 PARTITION_KEYS = ("partitions", "kappa")
 REPORT_NAME = "report.md"
+TIMELINE_NAME = "timeline.json"
 LAYER_PLOT_NAME = "plot_layer_sparsity.png"
 METRICS_PLOT_NAME = "plot_metrics.png"
 _STAGE_COLORS = {"dense": "tab:blue", "finetune": "tab:green", "prune": "tab:red"}
@@ -319,6 +320,19 @@ def _distribution_label(stage: dict[str, Any]) -> str:
     return label
 
 
+def _stage_labels(record: RunRecord, stage: dict[str, Any]) -> tuple[str, str]:
+    """'Method' and 'Sparsity Distribution' of a sparsifying stage: as its method module labelled it in
+    the run's ``timeline.json`` (written by the runner from the method registry), else (a run of an
+    earlier version) from the tables above."""
+    try:
+        recorded = json.loads((record.run_dir / TIMELINE_NAME).read_text())["stages"][record.stages.index(stage)]
+        if isinstance(recorded.get("label"), str) and isinstance(recorded.get("distribution"), str):
+            return recorded["label"], recorded["distribution"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        pass
+    return _method_label(stage), _distribution_label(stage)
+
+
 def _partition(record: RunRecord) -> str:
     """The number of partitions kappa of the first stage that has partitions, else '-'.
 
@@ -371,7 +385,7 @@ def method_row(record: RunRecord) -> dict[str, str]:
     if stage is None:
         method, distribution, target = "Dense", "Dense", measured if measured is not None else 0.0
     else:
-        method, distribution = _method_label(stage), _distribution_label(stage)
+        method, distribution = _stage_labels(record, stage)
         sparsity = stage.get("sparsity")
         target = float(sparsity) if isinstance(sparsity, (int, float)) else measured
     return {

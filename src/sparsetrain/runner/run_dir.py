@@ -43,7 +43,7 @@ SUMMARY = "summary.json"
 RUN_FILES = re.compile(
     r"run\.json|config\.yaml|metrics\.jsonl|events\.jsonl|train\.log|checkpoint\.pt|checkpoint\.ranks\.json"
     r"|checkpoint\.rank\d+\.pt|model_final\.pt|model_best\.pt|summary\.json|report\.md|plot_metrics\.png"
-    r"|plot_layer_sparsity\.png")
+    r"|plot_layer_sparsity\.png|timeline\.json")
 """Names of the files a run (or ``sparsetrain report``) writes at the top of its directory."""
 
 RUN_FOLDERS: dict[str, re.Pattern[str]] = {

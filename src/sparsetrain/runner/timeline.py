@@ -13,19 +13,10 @@ from __future__ import annotations
 import math
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from ..config import (
-    DSTStage,
-    GaPStage,
-    GMPStage,
-    LRScheduleConfig,
-    OptimizerConfig,
-    PruneStage,
-    RunConfig,
-    TrainStage,
-)
-from ..methods import GaPLayout, Schedule, dst_events, gap_events, gap_layout, gmp_events, one_shot_prune
+from ..config import LRScheduleConfig, OptimizerConfig, RunConfig
+from ..methods import GaPLayout, Schedule, StageContext, method_for
 from ..sparsity.partitions import Partition
 from ..errors import UserError
 
@@ -77,117 +68,62 @@ class Timeline:
         return self.total_epochs * self.steps_per_epoch
 
 
-def _gap_segments(stage: GaPStage, layout: GaPLayout, start_epoch: int) -> tuple[Segment, ...]:
-    if not stage.reset_optimizer and layout.variant == "sgap":
-        return (Segment(start_epoch, layout.epochs),)
-    steps = layout.gap_epochs // layout.epochs_per_step
-    segments = [Segment(start_epoch + k * layout.epochs_per_step, layout.epochs_per_step) for k in range(steps)]
-    return (*segments, Segment(start_epoch + layout.gap_epochs, layout.finetune_epochs))
-
-
 def build_timeline(
     config: RunConfig, steps_per_epoch: int, partitions: Mapping[int, Sequence[Partition]] | None = None
 ) -> Timeline:
-    """Lay out ``config``; ``partitions[i]`` are the partitions of GaP stage ``i`` (needed for kappa)."""
+    """Lay out ``config``; ``partitions[i]`` are the partitions of partitioned stage ``i`` (GaP: kappa).
+
+    Every stage's length, optimizer segments and mask events come from its method module
+    (``sparsetrain.methods.REGISTRY``).
+    """
     if steps_per_epoch < 1:
         raise UserError(f"steps_per_epoch={steps_per_epoch} must be >= 1 (is the training set empty?)")
     spans, events = [], []
     epoch = 0
     for index, stage in enumerate(config.stages):
+        method = method_for(stage.kind)
         start_step = epoch * steps_per_epoch
-        if isinstance(stage, TrainStage):
-            spans.append(StageSpan(index, stage.kind, epoch, stage.epochs, start_step, stage.epochs * steps_per_epoch,
-                                   config.stage_optimizer(stage), config.stage_lr_schedule(stage),
-                                   (Segment(epoch, stage.epochs),)))
-            epoch += stage.epochs
-        elif isinstance(stage, PruneStage):
-            spans.append(StageSpan(index, stage.kind, epoch, 0, start_step, 0, None, None))
-            event = one_shot_prune(start_step, stage.method, stage.sparsity, stage.min_threshold, index)
-            if stage.method == "random":
-                event = replace(event, seed=config.seed if stage.seed is None else stage.seed)
-            events.append(event)
-        elif isinstance(stage, (GMPStage, DSTStage)):
-            steps = stage.epochs * steps_per_epoch
-            spans.append(StageSpan(index, stage.kind, epoch, stage.epochs, start_step, steps,
-                                   config.stage_optimizer(stage), config.stage_lr_schedule(stage),
-                                   (Segment(epoch, stage.epochs),)))
-            if isinstance(stage, GMPStage):
-                events += gmp_events(start_step + stage.start_epoch * steps_per_epoch,
-                                     start_step + stage.final_epoch * steps_per_epoch,
-                                     stage.frequency or steps_per_epoch, stage.initial_sparsity, stage.sparsity,
-                                     stage.distribution, index)
-            else:
-                events += dst_events(stage.kind, start_step, steps, stage.sparsity,
-                                     distribution=stage.distribution, update_every=stage.update_every,
-                                     drop_fraction=stage.drop_fraction, stop_fraction=stage.stop_fraction,
-                                     decay=stage.drop_decay,
-                                     seed=config.seed if stage.mask_seed is None else stage.mask_seed, stage=index)
-            epoch += stage.epochs
-        elif isinstance(stage, GaPStage):
+        parts: tuple[Partition, ...] = ()
+        if method.PARTITIONED:
             if partitions is None or index not in partitions:
                 raise UserError(f"stages.{index} ({stage.kind}) needs its partitions, resolved against the model")
             parts = tuple(partitions[index])
-            seed = config.seed if stage.mask_seed is None else stage.mask_seed
-            layout = gap_layout(stage.kind, len(parts), stage.epochs_per_step, stage.rounds, stage.finetune_epochs,
-                                stage.grow_order, seed)
-            spans.append(StageSpan(index, stage.kind, epoch, layout.epochs, start_step,
-                                   layout.epochs * steps_per_epoch, config.stage_optimizer(stage),
-                                   config.stage_lr_schedule(stage), _gap_segments(stage, layout, epoch), layout,
-                                   parts))
-            events += gap_events(layout, start_step, steps_per_epoch, stage.sparsity,
-                                 distribution=stage.distribution, init=stage.init, seed=seed,
-                                 reset_optimizer=stage.reset_optimizer, stage=index)
-            epoch += layout.epochs
+        context = StageContext(index, start_step, steps_per_epoch, config.seed, parts)
+        layout = method.layout(stage, context)
+        trains = method.TRAINS
+        spans.append(StageSpan(index, stage.kind, epoch, layout.epochs, start_step, layout.epochs * steps_per_epoch,
+                               config.stage_optimizer(stage) if trains else None,
+                               config.stage_lr_schedule(stage) if trains else None,
+                               tuple(Segment(epoch + offset, length) for offset, length in layout.segments),
+                               layout.detail if isinstance(layout.detail, GaPLayout) else None, parts))
+        events += method.events(stage, context)
+        epoch += layout.epochs
     return Timeline(tuple(spans), Schedule(events), steps_per_epoch)
+
+
+def stage_context(span: StageSpan, steps_per_epoch: int, seed: int = 0) -> StageContext:
+    """The method context of a laid-out stage (what its module's ``apply``/``pruned_after`` receive)."""
+    return StageContext(span.index, span.start_step, steps_per_epoch, seed, span.partitions)
 
 
 def sparsity_after_events(timeline: Timeline, target_shapes: Sequence[Sequence[int]]) -> list[float]:
     """Sparsity over all targets right after each event of ``timeline.schedule`` (pure arithmetic).
 
-    It replays the budgets the events ask for, so it is what the run must measure after each event.
-    A one-shot GP/GPMT/ERK total is booked on the first tensor: only totals are reported, and GaP
-    events re-budget every partition, which together cover all targets.
+    Each event's method module replays the budget it asks for (``pruned_after``), so it is what the
+    run must measure after each event; NaN where only the run can tell (a profile's total).
     """
-    from ..sparsity.budgets import count_for, per_tensor_counts
-
-    target_numels = [math.prod(shape) for shape in target_shapes]
-    total = sum(target_numels)
-    pruned = [0] * len(target_numels)
+    total = sum(math.prod(shape) for shape in target_shapes)
+    pruned = [0] * len(target_shapes)
     spans = {span.index: span for span in timeline.stages}
     result = []
     for event in timeline.schedule.events():
-        if event.kind == "prune":
-            # one-shot budgets fix the total exactly except uniform/profile, which round per tensor
-            if event.method in ("gp", "gpmt", "erk"):
-                pruned = [0] * len(target_numels)
-                pruned[0] = count_for(total, event.sparsity)
-            elif event.method in ("uniform", "random"):
-                pruned = [count_for(n, event.sparsity) for n in target_numels]
-            else:
-                result.append(float("nan"))  # a profile's total depends on names; shown by the run
-                continue
-        elif event.kind == "dst_init":
-            pruned = per_tensor_counts(target_shapes, event.sparsity, event.distribution)
-        elif event.kind in ("set_update", "rigl_update"):
-            pass  # drop and grow keep every tensor's count
-        else:
-            parts = [p.target_indices for p in spans[event.stage].partitions]
-            per_tensor = per_tensor_counts(target_shapes, event.sparsity, event.distribution)
-            if event.kind in ("gap_init", "pgap_init"):
-                for part in parts:
-                    for i in part:
-                        pruned[i] = per_tensor[i]
-            for p in event.prune:
-                if event.distribution == "non-uniform":
-                    for i in parts[p]:
-                        pruned[i] = 0
-                    pruned[parts[p][0]] = count_for(sum(target_numels[i] for i in parts[p]), event.sparsity)
-                else:
-                    for i in parts[p]:
-                        pruned[i] = per_tensor[i]
-            if event.grow is not None:
-                for i in parts[event.grow]:
-                    pruned[i] = 0
+        span = spans[event.stage]
+        after = method_for(span.kind).pruned_after(event, pruned, target_shapes,
+                                                  stage_context(span, timeline.steps_per_epoch))
+        if after is None:
+            result.append(float("nan"))
+            continue
+        pruned = list(after)
         result.append(sum(pruned) / total)
     return result
 
@@ -247,3 +183,26 @@ def format_plan(timeline: Timeline, config: RunConfig, target_shapes: Sequence[S
     if not timeline.schedule.events():
         lines.append("  none (dense training)")
     return "\n".join(lines)
+
+
+TIMELINE_FILE = "timeline.json"
+"""The resolved timeline a run records; reports read its stage labels rather than re-deriving them."""
+
+
+def timeline_record(timeline: Timeline, config: RunConfig, target_shapes: Sequence[Sequence[int]]) -> dict:
+    """``timeline.json``: every stage with its method's report labels, every mask event with the
+    sparsity ``plan`` predicts after it (None where only the run can tell)."""
+    raw_stages = config.model_dump(mode="json")["stages"]
+    stages = []
+    for span, raw in zip(timeline.stages, raw_stages):
+        method = method_for(span.kind)
+        stages.append({"index": span.index, "kind": span.kind, "label": method.label(raw),
+                       "distribution": method.distribution_label(raw), "start_epoch": span.start_epoch,
+                       "epochs": span.epochs, "start_step": span.start_step, "steps": span.steps})
+    events = [
+        {"step": e.step, "epoch": e.step // timeline.steps_per_epoch, "stage": e.stage, "kind": e.kind,
+         "label": e.label, "after_backward": e.after_backward,
+         "sparsity_after": None if math.isnan(after) else after}
+        for e, after in zip(timeline.schedule.events(), sparsity_after_events(timeline, target_shapes))
+    ]
+    return {"steps_per_epoch": timeline.steps_per_epoch, "stages": stages, "events": events}

@@ -51,9 +51,9 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write
-from ..config import GaPStage, RunConfig, dump_config
+from ..config import RunConfig, dump_config
 from ..errors import UserError
-from ..methods import MaskEvent, apply_dst_event, apply_gap_event, apply_prune_event
+from ..methods import MaskEvent, method_for, trains_with_workers
 from ..sparsity import MaskSet, Sparsifier, global_counts, select_targets
 from ..sparsity.partitions import ownership, partition_targets
 from ..sparsity.targets import parameter_count
@@ -99,7 +99,15 @@ from .outputs import (
 from .preflight import check_run
 from .progress import progress_bar
 from .run_dir import check_run_dir, prepare_run_dir
-from .timeline import Segment, StageSpan, Timeline, build_timeline
+from .timeline import (
+    TIMELINE_FILE,
+    Segment,
+    StageSpan,
+    Timeline,
+    build_timeline,
+    stage_context,
+    timeline_record,
+)
 
 CHECKPOINT = "checkpoint.pt"
 LOG_FILE = "train.log"
@@ -323,15 +331,11 @@ class _Run:
     def apply_event(self, span: StageSpan, event: MaskEvent) -> None:
         before = self.history[-1][self.task.primary_key()] if self.history else None
         gp_counts = None
-        if event.kind == "prune":
-            if event.method == "gpmt":  # the reference code's stage 1 log holds plain GP counts
-                gp_counts = global_counts([t.param.detach() for t in self.targets], event.sparsity,
-                                          [t.name for t in self.targets])
-            self.sparsifier = Sparsifier(self.model, apply_prune_event(event, self.model, self.include, self.exclude))
-        elif event.kind in ("dst_init", "set_update", "rigl_update"):
-            apply_dst_event(event, self.masks())
-        else:
-            apply_gap_event(event, self.masks(), [p.target_indices for p in span.partitions])
+        if event.kind == "prune" and event.method == "gpmt":  # the reference code's stage 1 log holds plain GP counts
+            gp_counts = global_counts([t.param.detach() for t in self.targets], event.sparsity,
+                                      [t.name for t in self.targets])
+        method = method_for(span.kind)  # the module of the stage that scheduled the event
+        method.apply(event, self.masks(), stage_context(span, self.timeline.steps_per_epoch, self.config.seed))
         masks = self.masks()
         if self.dist is not None:  # masks are computed on every rank; make sure they agree
             if self.config.distributed.masks == "broadcast":
@@ -352,8 +356,8 @@ class _Run:
         self.events.append(entry)
         append_jsonl(self.dir / "events.jsonl", entry)
         # Evaluate after the events that change the model's sparsity pattern wholesale, not after
-        # the frequent ones (GMP's steps, SET/RigL updates) or P-GaP's bookkeeping.
-        if event.kind in ("pgap_round", "set_update", "rigl_update") or span.kind == "gmp":
+        # the frequent ones (GMP's steps, SET/RigL updates) or P-GaP's bookkeeping: the method says.
+        if not method.evaluates_after(event):
             return
         after = self.record(span.kind, self.epoch - span.start_epoch, 0.0, None)
         if gp_counts is not None:
@@ -578,7 +582,7 @@ class _Run:
 
     def setup_data_parallel(self) -> None:
         """Under torchrun without a P-GaP stage: wrap the model in DistributedDataParallel."""
-        if self.dist is None or any(span.kind == "pgap" for span in self.timeline.stages):
+        if self.dist is None or any(trains_with_workers(span.kind) for span in self.timeline.stages):
             return
         world = self.dist.world_size
         if self.config.data.batch_size < world:
@@ -597,11 +601,11 @@ class _Run:
 
     def run(self) -> RunResult | None:
         for span in self.timeline.stages[self.stage_index:]:
-            if span.kind == "prune":
+            if not method_for(span.kind).TRAINS:  # a one-shot mask event
                 self.apply_due_events(span)
                 self.stage_index += 1
                 self.save()
-            elif span.kind == "pgap":
+            elif trains_with_workers(span.kind):  # P-GaP: the runner trains its workers
                 self.train_pgap_stage(span)
                 if not self.is_main:
                     return None
@@ -630,7 +634,7 @@ def resolve_timeline(config: RunConfig, targets, num_train_examples: int) -> Tim
     """The run's timeline with GaP partitions resolved against the model's targets; LR schedules checked."""
     partitions = {
         i: partition_targets(targets, stage.partitions.scheme, stage.partitions.kappa)
-        for i, stage in enumerate(config.stages) if isinstance(stage, GaPStage)
+        for i, stage in enumerate(config.stages) if method_for(stage.kind).PARTITIONED
     }
     spe = steps_per_epoch(num_train_examples, config.data.batch_size, config.data.drop_last)
     if spe < 1 and num_train_examples > 0:
@@ -734,6 +738,8 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
         state.restore()
     elif state.is_main:
         atomic_write(state.dir / "config.yaml", dump_config(config))
+        atomic_write(state.dir / TIMELINE_FILE, json.dumps(
+            timeline_record(state.timeline, config, [t.shape for t in state.targets]), indent=2) + "\n")
         for name in ("metrics.jsonl", "events.jsonl"):
             atomic_write(state.dir / name, "")
     try:

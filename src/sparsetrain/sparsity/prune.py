@@ -16,7 +16,9 @@ Exactly the budgeted number of weights is pruned; ties are broken by position.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
 
 from torch import nn
 
@@ -25,7 +27,7 @@ from .errors import SparsityError, check_sparsity
 from .masks import MaskSet
 from .random_masks import random_masks
 from .selection import find_threshold, masks_from_threshold, per_tensor_smallest_magnitude_masks
-from .targets import Selector, parameter_count, select_targets
+from .targets import Selector, Target, parameter_count, select_targets
 
 METHODS = ("gp", "gpmt", "uniform", "erk", "profile", "random")
 DEFAULT_MIN_THRESHOLD = 0.05
@@ -55,6 +57,20 @@ def prune(
     else:
         sparsity = check_sparsity(sparsity)
     targets = select_targets(model, include, exclude)
+    masks, counts = budget_masks(targets, sparsity, method, min_threshold, seed)
+    mask_set = MaskSet(targets, masks, model_numel=parameter_count(model), target_counts=counts)
+    mask_set.apply_()
+    return mask_set
+
+
+def budget_masks(
+    targets: Sequence[Target],
+    sparsity: float | Mapping[str, float],
+    method: str = "gp",
+    min_threshold: float | None = None,
+    seed: int = 0,
+) -> tuple[list[torch.Tensor], list[int]]:
+    """The keep-masks and pruned counts per target of ``prune``'s ``method``, weights untouched."""
     names = [t.name for t in targets]
     tensors = [t.param.detach() for t in targets]
     numels = [t.numel for t in targets]
@@ -78,6 +94,4 @@ def prune(
             masks = random_masks(tensors, counts, seed)
         else:
             masks = per_tensor_smallest_magnitude_masks(tensors, counts, names)
-    mask_set = MaskSet(targets, masks, model_numel=parameter_count(model), target_counts=counts)
-    mask_set.apply_()
-    return mask_set
+    return list(masks), list(counts)
