@@ -89,7 +89,7 @@ def test_resume_flag_continues_a_finished_run_without_retraining(tmp_path, tiny_
          "error: task.dataset.options: data path '/no/such.npz' does not exist"),
         (["run", "{cfg}", "stages.1.min_threshold=30"], "is unreachable with min_threshold=30.0%"),
         (["run"], "error: run needs a CONFIG file or --resume RUN_DIR"),
-        (["run", "--resume", "{tmp}/nothing"], "error: config file '{tmp}/nothing/config.yaml' does not exist"),
+        (["run", "--resume", "{tmp}/nothing"], "error: cannot resume '{tmp}/nothing': the directory does not exist"),
         (["plan", "{tmp}/missing.yaml"], "error: config file '{tmp}/missing.yaml' does not exist"),
         (["eval", "{tmp}/none.pt", "--config", "{cfg}"], "error: checkpoint '{tmp}/none.pt' does not exist"),
         (["report", "{tmp}"], "not a run directory (no config.yaml)"),
