@@ -24,7 +24,7 @@ and one registry line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,3 +58,16 @@ class StageLayout:
 
 def single_segment(epochs: int) -> StageLayout:
     return StageLayout(epochs, ((0, epochs),))
+
+
+def distribution_cell(stage: Mapping[str, Any]) -> str:
+    """The report's Sparsity Distribution cell: the stage's ``distribution``, capitalised, or ``-``."""
+    distribution = stage.get("distribution")
+    return str(distribution).capitalize() if distribution else "-"
+
+
+def kind_cell(stage: Mapping[str, Any], labels: Mapping[str, str]) -> str:
+    """The report's Method cell: ``labels[kind]``, else the kind in capitals."""
+    kind = str(stage.get("kind"))
+    return labels.get(kind, kind.upper())
+

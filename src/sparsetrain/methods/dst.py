@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from ..sparsity import MaskSet, per_tensor_counts, random_masks, smallest_magnitude_masks
-from .base import StageContext, StageLayout, single_segment
+from .base import StageContext, StageLayout, distribution_cell, kind_cell, single_segment
 from .checks import check_per_tensor
 from .events import MaskEvent
 from .schema import StrictModel
@@ -167,13 +167,10 @@ def evaluates_after(event: MaskEvent) -> bool:
 
 
 def label(stage: Mapping[str, Any]) -> str:
-    kind = str(stage.get("kind"))
-    return LABELS.get(kind, kind.upper())
+    return kind_cell(stage, LABELS)
 
 
-def distribution_label(stage: Mapping[str, Any]) -> str:
-    distribution = stage.get("distribution")
-    return str(distribution).capitalize() if distribution else "-"
+distribution_label = distribution_cell
 
 
 def preflight(stage: DSTStage, key: str, names: Sequence[str], shapes: Sequence[tuple[int, ...]],

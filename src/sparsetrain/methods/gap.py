@@ -37,7 +37,7 @@ from pydantic import Field, model_validator
 from ..sparsity import MaskSet, per_tensor_counts, per_tensor_smallest_magnitude_masks, smallest_magnitude_masks
 from ..sparsity.budgets import count_for
 from ..sparsity.random_masks import random_masks
-from .base import StageContext, StageLayout
+from .base import StageContext, StageLayout, distribution_cell, kind_cell
 from .checks import check_group, check_per_tensor
 from .events import MaskEvent
 from .schema import PartitionConfig, StrictModel
@@ -262,13 +262,10 @@ def evaluates_after(event: MaskEvent) -> bool:
 
 
 def label(stage: Mapping[str, Any]) -> str:
-    kind = str(stage.get("kind"))
-    return LABELS.get(kind, kind.upper())
+    return kind_cell(stage, LABELS)
 
 
-def distribution_label(stage: Mapping[str, Any]) -> str:
-    distribution = stage.get("distribution")
-    return str(distribution).capitalize() if distribution else "-"
+distribution_label = distribution_cell
 
 
 def preflight(stage: GaPStage, key: str, names: Sequence[str], shapes: Sequence[tuple[int, ...]],

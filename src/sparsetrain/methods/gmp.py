@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 from ..sparsity import MaskSet
 from ..sparsity.budgets import uniform_counts
 from . import oneshot
-from .base import StageContext, StageLayout, single_segment
+from .base import StageContext, StageLayout, distribution_cell, single_segment
 from .checks import check_group, check_per_tensor
 from .events import MaskEvent, one_shot_prune
 from .schema import StrictModel
@@ -112,9 +112,7 @@ def label(stage: Mapping[str, Any]) -> str:
     return "GMP"
 
 
-def distribution_label(stage: Mapping[str, Any]) -> str:
-    distribution = stage.get("distribution")
-    return str(distribution).capitalize() if distribution else "-"
+distribution_label = distribution_cell
 
 
 def preflight(stage: GMPStage, key: str, names: Sequence[str], shapes: Sequence[tuple[int, ...]],
