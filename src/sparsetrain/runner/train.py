@@ -164,6 +164,7 @@ class _Run:
         self.model_numel = parameter_count(self.model)
         self.forward_flops = target_forward_flops(self.model, self.targets, self.task.example_input())
         self.timeline = resolve_timeline(config, self.targets, len(self.task.train_set))
+        self.schedule = tuple(self.timeline.schedule.events())  # every mask event of the run, in order
         check_run(config, self.targets, self.timeline)  # what can be refused without data, before any epoch
         self.dist: DistContext | None = None
         self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, when data-parallel
@@ -181,6 +182,7 @@ class _Run:
         self.elapsed_before = 0.0
         self.started = time.perf_counter()
         self.epoch_loss = (0.0, 0)  # (sum of per-example losses, examples) of the epoch so far
+        self.event_sparsity = 0.0  # target sparsity after the last mask event (the progress bar's; no sync per step)
         self.skipped_steps = 0  # updates skipped for a non-finite loss (training.on_nonfinite=skip)
         self.stop_signal: int | None = None  # SIGTERM/SIGUSR1 received: checkpoint at the next step and stop
 
@@ -242,6 +244,7 @@ class _Run:
         self.events_applied = position["events_applied"]
         if state["sparsifier"] is not None:
             self.masks().load_state_dict(state["sparsifier"]["masks"])
+            self.event_sparsity = self.masks().sparsity()
         self.pending_optimizer_state = state["optimizer"]
         self.scaler.load_state_dict(state["scaler"])
         self.pgap = state["pgap"]
@@ -310,23 +313,21 @@ class _Run:
     def best_record(self) -> dict[str, Any] | None:
         """Best primary metric of the task among evaluations under the run's final masks (after its last
         mask event)."""
-        total_events = len(self.timeline.schedule.events())
-        candidates = [h for h in self.history if h["events_applied"] == total_events]
+        candidates = [h for h in self.history if h["events_applied"] == len(self.schedule)]
         return self.task.best(candidates)
 
     # ---- mask events ---------------------------------------------------------------------------
     def apply_due_events(self, span: StageSpan, after_backward: bool = False) -> None:
         """Apply, in order, every not yet applied event of this stage due at ``self.step`` in this phase."""
-        schedule = self.timeline.schedule.events()
-        while self.events_applied < len(schedule):
-            event = schedule[self.events_applied]
+        while self.events_applied < len(self.schedule):
+            event = self.schedule[self.events_applied]
             if event.stage != span.index or event.step != self.step or event.after_backward != after_backward:
                 break
             self.apply_event(span, event)
 
     def next_event_step(self) -> int | None:
-        schedule = self.timeline.schedule.events()
-        return schedule[self.events_applied].step if self.events_applied < len(schedule) else None
+        """The step of the next event to apply (O(1): events are applied in schedule order)."""
+        return self.schedule[self.events_applied].step if self.events_applied < len(self.schedule) else None
 
     def apply_event(self, span: StageSpan, event: MaskEvent) -> None:
         before = self.history[-1][self.task.primary_key()] if self.history else None
@@ -347,6 +348,7 @@ class _Run:
             masks.mask_optimizer_state_(self.optimizer)
         self.events_applied += 1
         self.flops_per_example = training_flops_per_example(self.forward_flops, masks)
+        self.event_sparsity = masks.sparsity()
         if not self.is_main:
             return
         csv_name = f"sparsity/step{self.step:08d}_{self.events_applied:03d}_{event.kind}.csv"
@@ -437,7 +439,7 @@ class _Run:
             self.step += 1
             self.train_flops += self.flops_per_example * global_size
             if hasattr(batches, "set_postfix"):
-                batches.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", sparsity=f"{self.sparsity()[0]:.3f}")
+                batches.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", sparsity=f"{self.event_sparsity:.3f}")
             if batch_index + 1 < len(shards):  # epoch ends are the callers' to checkpoint
                 self.checkpoint_or_stop_mid_epoch(lockstep)
         total, seen = self.epoch_loss
@@ -540,6 +542,7 @@ class _Run:
                     self.masks().load_state_dict(self.pgap["masks"])
                     self.masks().grow_(span.partitions[worker].target_indices)
                     self.flops_per_example = training_flops_per_example(self.forward_flops, self.masks())
+                    self.event_sparsity = self.masks().sparsity()
                     seed_everything(derived_seed(self.config.seed, span.index, round_index, worker))
                 for epoch in range(self.epoch, round_start + per_round):
                     self.prepare_optimizer(span, segment, epoch)
