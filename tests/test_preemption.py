@@ -265,3 +265,14 @@ def test_sigterm_under_torchrun_then_resume_is_bit_identical(tmp_path, method):
         assert reference.returncode == 0, reference_err[-3000:]
     _assert_same_run(tmp_path / "reference", run_dir)
     assert not (run_dir / "checkpoint.ranks.json").exists()  # the post-merge checkpoint superseded it
+
+
+def test_skip_policy_is_refused_under_data_parallelism(tmp_path):
+    from sparsetrain.errors import UserError
+    from sparsetrain.runner.distributed import DistContext
+    from sparsetrain.runner.train import _Run
+
+    state = _Run(load_config(_config_file(tmp_path, "ddp_skip", STAGES["dense"], on_nonfinite="skip")), _quiet)
+    state.dist = DistContext(rank=0, world_size=2)  # as under torchrun, without joining a process group
+    with pytest.raises(UserError, match="on_nonfinite='skip' is not supported with data parallelism"):
+        state.setup_data_parallel()

@@ -588,6 +588,9 @@ class _Run:
         if self.dist is None or any(trains_with_workers(span.kind) for span in self.timeline.stages):
             return
         world = self.dist.world_size
+        if self.config.training.on_nonfinite == "skip":  # one rank skipping a backward would stall the others'
+            raise UserError(f"training.on_nonfinite='skip' is not supported with data parallelism (WORLD_SIZE="
+                            f"{world}): the ranks would disagree on which updates to skip; use 'stop' or 'continue'")
         if self.config.data.batch_size < world:
             raise UserError(f"data.batch_size={self.config.data.batch_size} is the global batch; it must be at "
                              f"least WORLD_SIZE={world}")
