@@ -92,7 +92,7 @@ def test_resume_flag_continues_a_finished_run_without_retraining(tmp_path, tiny_
         (["run", "--resume", "{tmp}/nothing"], "error: cannot resume '{tmp}/nothing': the directory does not exist"),
         (["plan", "{tmp}/missing.yaml"], "error: config file '{tmp}/missing.yaml' does not exist"),
         (["eval", "{tmp}/none.pt", "--config", "{cfg}"], "error: checkpoint '{tmp}/none.pt' does not exist"),
-        (["report", "{tmp}"], "not a run directory (no config.yaml)"),
+        (["report", "{tmp}"], "is not a sparsetrain run directory (no run.json)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, tiny_config, capsys, argv, message):

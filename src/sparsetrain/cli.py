@@ -239,9 +239,15 @@ def _report(args: argparse.Namespace) -> int:
     import yaml
 
     from .reports import write_report
+    from .runner.run_dir import is_run_dir
     from .tasks.registry import primary_of_config
 
-    config_path = Path(args.run_dir) / "config.yaml"
+    run_dir = Path(args.run_dir)
+    written_by_0_1 = all((run_dir / name).is_file() for name in ("config.yaml", "metrics.jsonl", "events.jsonl"))
+    if run_dir.is_dir() and not (is_run_dir(run_dir) or written_by_0_1):  # never write report.md over a user's
+        raise UserError(f"{str(run_dir)!r} is not a sparsetrain run directory (no run.json); report writes "
+                        "report.md and plots only into run directories")
+    config_path = run_dir / "config.yaml"
     try:
         raw = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
     except (OSError, ValueError, yaml.YAMLError):
