@@ -255,13 +255,27 @@ class RunConfig(_Strict):
         """
         payload = self.model_dump(mode="json", exclude={
             "output_dir": True, "training": {"progress", "checkpoint_every_steps", "stop_check_every"}})
-        if payload["training"]["on_nonfinite"] == "stop":
-            del payload["training"]["on_nonfinite"]
-        if payload["training"]["max_eval_batches"] is None:
-            del payload["training"]["max_eval_batches"]
-        if not payload["imports"]:
-            del payload["imports"]
+        for path in _ADDED_AFTER_0_1:
+            *sections, key = path
+            section = payload
+            for name in sections:
+                section = section[name]
+            if section[key] == _default_at(path):
+                del section[key]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_ADDED_AFTER_0_1 = (("training", "on_nonfinite"), ("training", "max_eval_batches"), ("imports",))
+"""Trajectory-shaping fields newer than 0.1: hashed only when set away from their default."""
+
+
+def _default_at(path: tuple[str, ...]) -> Any:
+    """The default of the config field at ``path`` (e.g. ``("training", "on_nonfinite")``)."""
+    model: Any = RunConfig
+    for name in path[:-1]:
+        model = model.model_fields[name].annotation
+    field = model.model_fields[path[-1]]
+    return field.get_default(call_default_factory=True)
 
 
 _TYPE_LABELS = {"str", "int", "float", "bool", "dict", "list", "tuple", "none"}  # pydantic's union branch labels
