@@ -4,6 +4,9 @@ Reads only the files the runner writes; never imports torch or other sparsetrain
 exception types and the standard-library-only ``atomic_write``)::
 
     config.yaml         resolved run config (mapping)
+    timeline.json       the resolved layout: per stage start_epoch, epochs, labels, phases (S-GaP grow
+                        steps, P-GaP rounds, fine-tuning) and partitions; runs of earlier versions
+                        have none or no phases, and their stage spans come from ``config.yaml``
     metrics.jsonl       one evaluation per line (epoch, the task's test/<metric> values, train/loss,
                         sparsity as a fraction, ...); files of earlier versions (test_<metric>,
                         train_loss) are converted on reading
@@ -16,7 +19,8 @@ Everything but ``config.yaml`` may be missing or empty; the report says what is 
 The headline columns show the task's primary metric: ``summary.json``'s ``primary``, else the one
 the caller passes (``load_run(run_dir, primary)``; the CLI and the demo ask the task registry).
 Units: sparsity values are fractions in [0, 1], accuracies are percents (0-100), times are seconds,
-``epoch`` is the global number of epochs completed.
+``epoch`` is the global number of epochs completed; stage and phase spans are ``[start, end)`` in
+0-based global epochs, which on the plots' axis of completed epochs run from ``start`` to ``end``.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ REPORT_NAME = "report.md"
 TIMELINE_NAME = "timeline.json"
 LAYER_PLOT_NAME = "plot_layer_sparsity.png"
 METRICS_PLOT_NAME = "plot_metrics.png"
-_STAGE_COLORS = {"dense": "tab:blue", "finetune": "tab:green", "prune": "tab:red"}
+_STAGE_COLORS = {"dense": "tab:blue", "finetune": "tab:green", "prune": "tab:red", "sgap": "tab:purple",
+                 "pgap": "tab:brown"}
 
 
 @dataclass
@@ -71,7 +76,9 @@ class RunRecord:
 
     ``layers`` holds the rows of the last per-layer sparsity CSV (``numel``/``kept`` as ints,
     ``sparsity``/``target`` as fractions, ``target`` None when empty); ``missing`` lists one
-    human-readable line per absent, empty or damaged file.
+    human-readable line per absent, empty or damaged file. ``timeline`` is ``timeline.json`` when
+    it is readable and has one well-formed stage entry per config stage, else None (a run of an
+    earlier version has none; that is not noted as missing).
     """
 
     run_dir: Path
@@ -83,6 +90,7 @@ class RunRecord:
     layers_csv: Path | None = None
     missing: list[str] = field(default_factory=list)
     primary: dict[str, Any] = field(default_factory=lambda: dict(UNKNOWN_PRIMARY))
+    timeline: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -125,6 +133,7 @@ def load_run(run_dir: str | os.PathLike[str], primary: dict[str, Any] | None = N
         if record.summary and isinstance(record.summary.get(key), dict):
             _convert_legacy_keys(record.summary[key])
     record.primary = _primary(record, primary)
+    record.timeline = _read_timeline(run_dir / TIMELINE_NAME, len(record.stages), record.missing)
     record.layers_csv = _last_layer_csv(run_dir, record.events)
     if record.layers_csv is None:
         record.missing.append("sparsity/*.csv: no per-layer sparsity table")
@@ -195,6 +204,50 @@ def _read_summary(path: Path, missing: list[str]) -> dict[str, Any] | None:
         missing.append("summary.json: not a JSON object")
         return None
     return summary
+
+
+def _read_timeline(path: Path, n_stages: int, missing: list[str]) -> dict[str, Any] | None:
+    """``timeline.json`` if it has ``n_stages`` stage entries with integer ``start_epoch``/``epochs``,
+    contiguous from epoch 0; else None (a damaged file is noted in ``missing``; an absent one is not).
+
+    Phases that do not lie inside their stage, in order, are dropped (the stage keeps its span)."""
+    if not path.is_file():
+        return None
+    try:
+        timeline = json.loads(path.read_text())
+        stages = timeline["stages"]
+        epoch = 0
+        for stage in stages:
+            start, epochs = stage["start_epoch"], stage["epochs"]
+            if not (type(start) is int and type(epochs) is int and start == epoch and epochs >= 0):
+                raise ValueError("stage spans")
+            epoch += epochs
+        if len(stages) != n_stages:
+            raise ValueError("stage count")
+    except (OSError, ValueError, KeyError, TypeError):
+        missing.append(f"{path.name}: unreadable (stage spans taken from config.yaml)")
+        return None
+    for stage in stages:
+        if not _phases_fit(stage):
+            stage["phases"] = []
+    return timeline
+
+
+def _phases_fit(stage: dict[str, Any]) -> bool:
+    """True if ``stage["phases"]`` is a list of phases in order, inside the stage, each at least 1 epoch."""
+    phases = stage.get("phases")
+    if not isinstance(phases, list):
+        return False
+    position, end = stage["start_epoch"], stage["start_epoch"] + stage["epochs"]
+    for phase in phases:
+        if not isinstance(phase, dict):
+            return False
+        start, epochs = phase.get("start_epoch"), phase.get("epochs")
+        if not (type(start) is int and type(epochs) is int and epochs >= 1 and position <= start
+                and start + epochs <= end):
+            return False
+        position = start + epochs
+    return True
 
 
 def _natural_key(path: Path) -> list[Any]:
@@ -282,7 +335,15 @@ def layer_totals(layers: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def stage_spans(record: RunRecord) -> list[tuple[float, float, str]]:
-    """Planned ``(start_epoch, end_epoch, kind)`` per stage; stages without ``epochs`` have zero width."""
+    """``(start_epoch, end_epoch, kind)`` per stage, in 0-based global epochs, end exclusive.
+
+    From ``timeline.json`` (the layout the run followed, GaP stages included) when the run has one;
+    else (a run of an earlier version) derived from the config's ``stages[*].epochs``, where stages
+    without ``epochs`` (prune, and GaP, whose length only the layout knows) have zero width.
+    """
+    if record.timeline is not None:
+        return [(float(s["start_epoch"]), float(s["start_epoch"] + s["epochs"]), str(s.get("kind", "?")))
+                for s in record.timeline["stages"]]
     spans, start = [], 0.0
     for stage in record.stages:
         epochs = stage.get("epochs")
@@ -290,6 +351,20 @@ def stage_spans(record: RunRecord) -> list[tuple[float, float, str]]:
         spans.append((start, end, str(stage.get("kind", "?"))))
         start = end
     return spans
+
+
+def stage_phases(record: RunRecord) -> dict[int, list[tuple[float, float, str]]]:
+    """``(start_epoch, end_epoch, label)`` of each phase, by stage index, for stages with more than one
+    phase in ``timeline.json`` (S-GaP grow steps / P-GaP rounds and their fine-tuning); 0-based
+    global epochs, end exclusive. Empty without a timeline (runs of earlier versions)."""
+    if record.timeline is None:
+        return {}
+    phases = {}
+    for i, stage in enumerate(record.timeline["stages"]):
+        if len(stage["phases"]) > 1:
+            phases[i] = [(float(p["start_epoch"]), float(p["start_epoch"] + p["epochs"]), str(p.get("label", "")))
+                         for p in stage["phases"]]
+    return phases
 
 
 def _sparsifying_stage(record: RunRecord) -> dict[str, Any] | None:
@@ -324,12 +399,10 @@ def _stage_labels(record: RunRecord, stage: dict[str, Any]) -> tuple[str, str]:
     """'Method' and 'Sparsity Distribution' of a sparsifying stage: as its method module labelled it in
     the run's ``timeline.json`` (written by the runner from the method registry), else (a run of an
     earlier version) from the tables above."""
-    try:
-        recorded = json.loads((record.run_dir / TIMELINE_NAME).read_text())["stages"][record.stages.index(stage)]
+    if record.timeline is not None:
+        recorded = record.timeline["stages"][record.stages.index(stage)]
         if isinstance(recorded.get("label"), str) and isinstance(recorded.get("distribution"), str):
             return recorded["label"], recorded["distribution"]
-    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
-        pass
     return _method_label(stage), _distribution_label(stage)
 
 
@@ -441,19 +514,65 @@ def _stage_detail(stage: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in scalars.items()) or "-"
 
 
+def _epoch_range(start: float, end: float) -> str:
+    """A span of 0-based global epochs ``[start, end)`` as ``start-end``, or ``@start`` when empty."""
+    return f"{start:g}-{end:g}" if end > start else f"@{start:g}"
+
+
 def _stages_table(record: RunRecord) -> str:
-    """Markdown table of stages with the last primary metric seen in each."""
+    """Markdown table of stages with the last primary metric seen in each, then the phases of each
+    stage that has several (:func:`_phase_lines`).
+
+    The ``Epochs`` column (0-based, end exclusive) is shown when the run recorded ``timeline.json``;
+    a run of an earlier version only has the config, which does not give a GaP stage's length."""
     last: dict[int, dict[str, Any]] = {}
     for m in record.metrics:
         if isinstance(m.get("stage"), int):
             last[m["stage"]] = m
     column = f"Last {record.primary['short']}"
-    rows = [
-        {"#": i, "Kind": s.get("kind", "?"), "Details": _stage_detail(s),
-         column: _primary_value(record.primary, last.get(i))}
-        for i, s in enumerate(record.stages)
-    ]
-    return markdown_table(rows) or "_No stages in config._\n"
+    spans = stage_spans(record) if record.timeline is not None else None
+    rows = []
+    for i, s in enumerate(record.stages):
+        row = {"#": i, "Kind": s.get("kind", "?")}
+        if spans is not None:
+            row["Epochs"] = _epoch_range(*spans[i][:2])
+        rows.append({**row, "Details": _stage_detail(s), column: _primary_value(record.primary, last.get(i))})
+    table = markdown_table(rows) or "_No stages in config._\n"
+    if spans is not None and rows:
+        table += "\nEpochs are 0-based and end-exclusive (`1-3` is epochs 1 and 2), as in `sparsetrain plan`.\n"
+    lines = _phase_lines(record)
+    return table + ("\n" + "\n".join(lines) + "\n" if lines else "")
+
+
+def _partition_text(partition: dict[str, Any]) -> str:
+    """``P2: 3 layers (layer2.0.conv1.weight … fc.weight)``: 1-based name, target count, first and last target."""
+    raw = partition.get("targets")
+    targets = [str(t) for t in raw] if isinstance(raw, list) else []
+    name = f"P{partition.get('index', 0) + 1}" if isinstance(partition.get("index"), int) else "P?"
+    text = f"{name}: {len(targets)} layer{'' if len(targets) == 1 else 's'}"
+    if len(targets) == 1:
+        text += f" ({targets[0]})"
+    elif targets:
+        text += f" ({targets[0]} … {targets[-1]})"
+    return text
+
+
+def _phase_lines(record: RunRecord) -> list[str]:
+    """One ``Phases`` line per stage with several phases (epochs 0-based, end exclusive), each grow
+    step naming its partition, and a ``Partitions`` line with the layer count of each partition."""
+    if record.timeline is None:
+        return []
+    lines = []
+    phases = stage_phases(record)
+    for i, stage in enumerate(record.timeline["stages"]):
+        name = f"stage {i} ({stage.get('label') or stage.get('kind', '?')})"
+        if i in phases:
+            text = ", ".join(f"{label} (epochs {_epoch_range(start, end)})" for start, end, label in phases[i])
+            lines.append(f"- Phases of {name}: {text}.")
+        partitions = [p for p in stage.get("partitions") or [] if isinstance(p, dict)]
+        if partitions:
+            lines.append(f"- Partitions of {name}: " + "; ".join(_partition_text(p) for p in partitions) + ".")
+    return lines
 
 
 def _events_list(record: RunRecord) -> str:
@@ -550,15 +669,39 @@ def _placeholder(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12, color="gray")
 
 
-def _mark_stages(ax: Any, spans: list[tuple[float, float, str]], label: bool) -> None:
+PHASE_LABEL_MAX = 8
+"""Phases of one stage are named on the plot only when the stage has at most this many ..."""
+PHASE_LABEL_MIN_WIDTH = 0.04
+"""... and each is at least this fraction of the plotted epoch range wide."""
+_PHASE_ALPHAS = (0.05, 0.14)
+
+
+def _mark_stages(ax: Any, spans: list[tuple[float, float, str]], label: bool,
+                 phases: dict[int, list[tuple[float, float, str]]] | None = None) -> None:
     """Shade each training stage, draw a vertical line at each stage start, optionally name the kind.
 
     Labels of stages starting at the same epoch (e.g. a prune stage and the finetune after it) stack.
+    A stage with ``phases[i]`` (see :func:`stage_phases`) is shaded phase by phase instead, in
+    alternating light shades of its colour (a ``finetune`` phase in the fine-tuning colour); with
+    ``label``, each phase is named inside its span when there is room (:data:`PHASE_LABEL_MAX`,
+    :data:`PHASE_LABEL_MIN_WIDTH`).
     """
+    phases = phases or {}
     stacked: dict[float, int] = {}
+    total = max((end for _, end, _ in spans), default=0.0) - min((start for start, _, _ in spans), default=0.0)
     for i, (start, end, kind) in enumerate(spans):
         color = _STAGE_COLORS.get(kind, f"C{(i + 3) % 10}")
-        if end > start:
+        if i in phases:
+            parts = phases[i]
+            named = label and len(parts) <= PHASE_LABEL_MAX and total > 0 and \
+                all(b - a >= PHASE_LABEL_MIN_WIDTH * total for a, b, _ in parts)
+            for k, (a, b, text) in enumerate(parts):
+                shade = _STAGE_COLORS["finetune"] if text == "finetune" else color
+                ax.axvspan(a, b, color=shade, alpha=_PHASE_ALPHAS[k % 2], lw=0)
+                if named:
+                    ax.text((a + b) / 2, 0.03, text, transform=ax.get_xaxis_transform(), ha="center",
+                            va="bottom", rotation=90, fontsize=7, color=shade, alpha=0.9)
+        elif end > start:
             ax.axvspan(start, end, color=color, alpha=0.07, lw=0)
         ax.axvline(start, color=color, ls="--" if end > start else "-", lw=1, alpha=0.8)
         if label:
@@ -596,7 +739,7 @@ def plot_metrics(record: RunRecord) -> Any:
         _placeholder(ax_acc, "no metrics recorded (metrics.jsonl missing or empty)")
         ax_loss.set_axis_off()
         return fig
-    spans = stage_spans(record)
+    spans, phases = stage_spans(record), stage_phases(record)
     epochs = [m.get("epoch") for m in record.metrics]
 
     def series(key: str) -> tuple[list[Any], list[Any]]:
@@ -621,8 +764,8 @@ def plot_metrics(record: RunRecord) -> Any:
     ax_loss.set_ylabel("loss")
     ax_loss.set_xlabel("epoch (completed)")
     ax_loss.legend(loc="upper left", bbox_to_anchor=(1.1, 1.0), fontsize=8)
-    _mark_stages(ax_acc, spans, label=True)
-    _mark_stages(ax_loss, spans, label=False)
+    _mark_stages(ax_acc, spans, label=True, phases=phases)
+    _mark_stages(ax_loss, spans, label=False, phases=phases)
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
     fig.tight_layout()

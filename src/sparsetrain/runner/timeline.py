@@ -186,19 +186,57 @@ def format_plan(timeline: Timeline, config: RunConfig, target_shapes: Sequence[S
 
 
 TIMELINE_FILE = "timeline.json"
-"""The resolved timeline a run records; reports read its stage labels rather than re-deriving them."""
+"""The resolved timeline a run records; reports read its stage labels, spans and phases rather than
+re-deriving them."""
+
+
+def phase_records(span: StageSpan) -> list[dict]:
+    """The phases of a stage for ``timeline.json``: ``{"start_epoch", "epochs", "label", "grow"}``.
+
+    Epochs are 0-based global positions; a phase covers ``[start_epoch, start_epoch + epochs)``.
+    Invariants: the phases are in order, each has ``epochs >= 1``, they are contiguous and cover
+    exactly ``[span.start_epoch, span.end_epoch)``; a zero-length stage (a one-shot prune) has none.
+    ``grow`` lists the 0-based indices of the partitions grown during the phase (empty when none).
+    S-GaP: one phase per grow step (``grow P3``: partition 3, 1-based, as in ``plan``), then
+    ``finetune``; P-GaP: one per round (``round 2: 3 workers``, every worker growing its own
+    partition; epochs are one worker's, as on the whole axis), then ``finetune``; any other stage:
+    one phase labelled with its kind.
+    """
+    if span.epochs == 0:
+        return []
+    gap = span.gap
+    if gap is None:
+        return [{"start_epoch": span.start_epoch, "epochs": span.epochs, "label": span.kind, "grow": []}]
+    if gap.variant == "sgap":
+        steps = [(f"grow P{p + 1}", [p]) for p in gap.grow_sequence]
+    else:
+        steps = [(f"round {r + 1}: {gap.kappa} workers", list(range(gap.kappa))) for r in range(gap.rounds)]
+    phases = [{"start_epoch": span.start_epoch + k * gap.epochs_per_step, "epochs": gap.epochs_per_step,
+               "label": label, "grow": grow} for k, (label, grow) in enumerate(steps)]
+    phases.append({"start_epoch": span.start_epoch + gap.gap_epochs, "epochs": gap.finetune_epochs,
+                   "label": "finetune", "grow": []})
+    assert sum(p["epochs"] for p in phases) == span.epochs, (span, phases)
+    return phases
+
+
+def partition_record(partition: Partition) -> dict:
+    """A partition for ``timeline.json``: 0-based ``index`` (shown as ``P{index + 1}``), the names of
+    its target tensors in target order, and ``numel``, its number of weights (elements)."""
+    return {"index": partition.index, "targets": list(partition.target_names), "numel": partition.numel}
 
 
 def timeline_record(timeline: Timeline, config: RunConfig, target_shapes: Sequence[Sequence[int]]) -> dict:
-    """``timeline.json``: every stage with its method's report labels, every mask event with the
-    sparsity ``plan`` predicts after it (None where only the run can tell)."""
+    """``timeline.json``: every stage with its method's report labels, its phases (:func:`phase_records`)
+    and, for a partitioned stage, its partitions (:func:`partition_record`; empty list otherwise);
+    every mask event with the sparsity ``plan`` predicts after it (None where only the run can tell)."""
     raw_stages = config.model_dump(mode="json")["stages"]
     stages = []
     for span, raw in zip(timeline.stages, raw_stages):
         method = method_for(span.kind)
         stages.append({"index": span.index, "kind": span.kind, "label": method.label(raw),
                        "distribution": method.distribution_label(raw), "start_epoch": span.start_epoch,
-                       "epochs": span.epochs, "start_step": span.start_step, "steps": span.steps})
+                       "epochs": span.epochs, "start_step": span.start_step, "steps": span.steps,
+                       "phases": phase_records(span), "partitions": [partition_record(p) for p in span.partitions]})
     events = [
         {"step": e.step, "epoch": e.step // timeline.steps_per_epoch, "stage": e.stage, "kind": e.kind,
          "label": e.label, "after_backward": e.after_backward,
