@@ -1,45 +1,107 @@
-"""``sparsetrain demo``: every config of ``configs/demo/`` through the runner, one results table.
+"""``sparsetrain demo``: a task's demo configs through the runner, one results table.
 
-Each config is a whole, self-contained run on the embedded MNIST-1D data with the same epoch
-budget (20 epochs of training): the dense baseline trains 20 dense epochs; GP and GPMT at 0.8 and
-0.9 train 10 dense epochs (identical across rows: same seed and settings), prune once, and
-fine-tune 10 epochs with the masks fixed; S-GaP (kappa 4, uniform and non-uniform) runs 5 steps of
-2 epochs from a random init and fine-tunes 10; P-GaP (kappa 4) runs one round of 4 workers x 2
-epochs and fine-tunes 12. Every run can also be started alone with ``sparsetrain run``.
+A task declares its demo (:attr:`sparsetrain.tasks.Task.DEMO`, a directory of configs, and
+``DEMO_DESCRIPTION``, the line that says what the table's metric is, on what data); ``classification``
+declares the packaged ``configs/demo/`` (dense, GP, GPMT, S-GaP and P-GaP on embedded MNIST-1D; see
+:class:`sparsetrain.tasks.ClassificationTask`). :func:`run_demo` runs one directory of configs in name
+order; :func:`run_demos` runs the demo of one task (``--task KIND``) or of every registered task that
+has one (``--task all``). Every run can also be started alone with ``sparsetrain run``.
 
-Why MNIST-1D with a width-8 ResNet: the dense model reaches about 98% test top-1, below 100%, and
-the pruned rows land visibly lower (about 90% at 0.9), so methods can be told apart; digits at
-this size is too easy (about 98-99% for everything). Why MT 1% for GPMT: the model has 7,128
-target weights, so the floor is 71 weights per layer; it keeps the 24-weight stem dense, and at
-0.9 (close to the 90.7% that MT 1% allows on this model) every other layer but the classifier is
-held at the floor, where GP keeps 44-104 weights per layer. At the reference default (0.05%) the
-floor would be 3 weights and GPMT would equal GP here.
+Outputs: ``<out>/<config name>/`` run directories (each with its report) and ``<out>/results.md``,
+where ``<out>`` is ``--out`` itself for the default task (:data:`DEFAULT_TASK`, so ``make demo`` and
+``sparsetrain demo`` write ``runs/demo/<config>/`` as always) and ``--out``/``<task kind>`` for any other
+task, with ``--task KIND`` and ``--task all`` alike (so each reuses the other's runs). The table's rows
+with the highest configured target sparsity also get their final per-layer sparsity tables.
 
-Outputs: ``<out>/<config name>/`` run directories (each with its report) and ``<out>/results.md``.
 A second demo picks up where the first stopped: a run finished under the same config (same
 fingerprint in its ``run.json``) is kept, a stopped one is resumed from its checkpoint, and one
 made under another config is run again; ``fresh=True`` (``--fresh``) reruns everything. Only run
 directories (with sparsetrain's ``run.json``) are ever replaced; any other directory is refused.
+Every output (of every task, for ``--task all``) is checked before anything trains.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import atomic_write
-from .config import GaPStage, PartitionConfig, RunConfig, load_config
+from .config import RunConfig, import_modules, load_config
 from .errors import UserError
+from .methods import method_for
 from .reports import load_run, markdown_table, method_row, write_report
 from .runner.run_dir import MARKER, read_marker, run_status
 from .runner.train import RunResult, run
-from .tasks import get_task
+from .tasks import Task, get_task, task_kinds
 
-DEMO_CONFIGS = Path(__file__).parent / "configs" / "demo"
+DEFAULT_TASK = "classification"
+"""The task of a plain ``sparsetrain demo`` (``make demo``); its demo writes into ``--out`` itself."""
+ALL_TASKS = "all"
 RESULTS_TITLE = "# sparsetrain demo"
+
+
+def demo_config_dir(task: type[Task]) -> Path | None:
+    """The directory of the ``DEMO`` that ``task`` itself declares (a relative one is taken from the directory
+    of the module that defines the task), or None: no demo (a subclass does not inherit its parent's)."""
+    declared = vars(task).get("DEMO")
+    if declared is None:
+        return None
+    path = Path(declared)
+    if not path.is_absolute():
+        path = Path(sys.modules[task.__module__].__file__ or ".").parent / path
+    return Path(os.path.normpath(path))
+
+
+DEMO_CONFIGS = demo_config_dir(get_task(DEFAULT_TASK))
+"""The packaged demo (``configs/demo/``): the default task's."""
+
+
+def demo_description(task: type[Task]) -> str:
+    """The line under the title of ``results.md``: the ``DEMO_DESCRIPTION`` that ``task`` itself declares, or
+    one built from its metric."""
+    declared = vars(task).get("DEMO_DESCRIPTION")
+    if declared:
+        return " ".join(str(declared).split())
+    better = "higher" if task.PRIMARY[1] == "max" else "lower"
+    return (f"{task.METRIC_LABEL['title']} ({better} is better) on each run's evaluation data "
+            "(final epoch, and best epoch under the final masks).")
+
+
+def demo_tasks() -> list[str]:
+    """The registered task kinds that declare a demo, in name order."""
+    return [kind for kind in task_kinds() if demo_config_dir(get_task(kind)) is not None]
+
+
+def task_out_dir(out_dir: str | Path, kind: str) -> Path:
+    """Where the demo of task ``kind`` writes: ``out_dir`` for :data:`DEFAULT_TASK`, else ``out_dir/kind``."""
+    return Path(out_dir) if kind == DEFAULT_TASK else Path(out_dir) / kind
+
+
+def training_epochs(config: RunConfig) -> int | None:
+    """Epochs of training in ``config``, parallel workers counted one by one; None if a stage's count
+    depends on the model (each stage's method module counts its own, ``training_epochs(stage)``)."""
+    total = 0
+    for stage in config.stages:
+        epochs = method_for(stage.kind).training_epochs(stage)
+        if epochs is None:
+            return None
+        total += epochs
+    return total
+
+
+def target_sparsity(config: RunConfig) -> float | None:
+    """The fraction pruned that ``config`` aims at: the ``sparsity`` of its last stage that sets one, when
+    that is a single number (a per-layer mapping, or no such stage: None)."""
+    for stage in reversed(config.stages):
+        value = getattr(stage, "sparsity", None)
+        if value is not None:
+            return float(value) if isinstance(value, (int, float)) else None
+    return None
 
 
 @dataclass
@@ -52,35 +114,14 @@ class DemoResult:
     kept: list[str] = field(default_factory=list)
 
 
-def _kappa(partitions: PartitionConfig) -> int | None:
-    """The number of partitions when the config alone tells it (not for ``stages`` without kappa)."""
-    from .sparsity.partitions import PRESETS
+@dataclass
+class _Prepared:
+    """One demo, checked and planned, nothing trained yet: ``plans[stem]`` is (action, why)."""
 
-    if partitions.kappa is not None:
-        return partitions.kappa
-    if isinstance(partitions.scheme, list):
-        return len(partitions.scheme)
-    return len(PRESETS[partitions.scheme]) if partitions.scheme in PRESETS else None
-
-
-def training_epochs(config: RunConfig) -> int | None:
-    """Epochs of training in ``config``, P-GaP workers counted one by one; None if a kappa depends on the model.
-
-    S-GaP trains (1 + rounds * kappa) steps of ``epochs_per_step`` epochs, then ``finetune_epochs``;
-    P-GaP trains kappa workers for ``rounds * epochs_per_step`` epochs each, then ``finetune_epochs``.
-    """
-    total = 0
-    for stage in config.stages:
-        if isinstance(stage, GaPStage):
-            kappa = _kappa(stage.partitions)
-            if kappa is None:
-                return None
-            steps = 1 + stage.rounds * kappa if stage.kind == "sgap" else stage.rounds
-            workers = kappa if stage.kind == "pgap" else 1
-            total += workers * steps * stage.epochs_per_step + stage.finetune_epochs
-        else:
-            total += getattr(stage, "epochs", 0)  # a prune stage trains nothing
-    return total
+    task: type[Task]
+    configs: dict[str, RunConfig]
+    plans: dict[str, tuple[str, str]]
+    results_file: Path
 
 
 def _what_to_do(config: RunConfig, fresh: bool) -> tuple[str, str]:
@@ -113,30 +154,40 @@ def _check_results_file(path: Path) -> None:
         raise UserError(f"demo output {str(path)!r} exists and was not written by the demo; choose another --out")
 
 
-def run_demo(
-    out_dir: str | Path = "runs/demo",
-    config_dir: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    log: Callable[[str], None] = print,
-    fresh: bool = False,
-) -> DemoResult:
-    """Run every ``*.yaml`` of ``config_dir`` (default: the packaged demo) in name order.
-
-    Every output is checked before anything trains: a directory or ``results.md`` that the demo
-    did not write raises ``UserError`` and nothing is written.
-    """
-    config_dir = Path(config_dir) if config_dir is not None else DEMO_CONFIGS
+def _prepare(task: type[Task], out_dir: str | Path, config_dir: str | Path | None, overrides: Sequence[str],
+             fresh: bool) -> _Prepared:
+    """Load every config of the demo and decide what to do with each; raises ``UserError`` (nothing
+    written) on an output the demo did not write or a config of another task."""
+    if config_dir is None:
+        config_dir = demo_config_dir(task)
+        if config_dir is None:
+            raise UserError(f"task {task.kind!r} declares no demo; give --configs DIR")
+    config_dir = Path(config_dir)
     paths = sorted(config_dir.glob("*.yaml"))
     if not paths:
         raise UserError(f"demo config directory {str(config_dir)!r} holds no *.yaml file")
     out = Path(out_dir)
     configs = {p.stem: load_config(p, [*overrides, f"output_dir={out / p.stem}"]) for p in paths}
+    for path in paths:
+        kind = configs[path.stem].task.kind
+        if kind != task.kind:
+            raise UserError(f"demo config {str(path)!r} runs task.kind={kind!r}, not the demo's task "
+                            f"{task.kind!r}; give --task {kind}")
     results_file = out / "results.md"
     _check_results_file(results_file)
     plans = {stem: _what_to_do(config, fresh) for stem, config in configs.items()}
+    return _Prepared(task, configs, plans, results_file)
+
+
+def _run_prepared(demo: _Prepared, log: Callable[[str], None]) -> DemoResult:
+    """Train (or keep, or resume) every run of ``demo`` in name order, then write ``results.md``."""
+    configs, results_file = demo.configs, demo.results_file
     results: dict[str, RunResult] = {}
     kept: list[str] = []
-    rows, layer_tables = [], []
+    rows = []
+    targets = {stem: target_sparsity(config) for stem, config in configs.items()}
+    highest = max((t for t in targets.values() if t is not None), default=None)
+    layer_tables = []
 
     def sub_log(line: str) -> None:
         log(f"   {line}")
@@ -145,7 +196,7 @@ def run_demo(
         epochs = training_epochs(config)
         log(f"== {stem}: {len(config.stages)} stage(s), "
             f"{'see `sparsetrain plan` for the' if epochs is None else epochs} epochs of training")
-        action, why = plans[stem]
+        action, why = demo.plans[stem]
         run_dir = config.run_dir()
         if action == "keep":
             sub_log(f"finished earlier under the same config: kept {run_dir} (--fresh reruns it)")
@@ -157,25 +208,81 @@ def run_demo(
             if action == "rerun":
                 sub_log(f"running again ({why}): replacing the run in {run_dir}")
             results[stem] = run(config, log=sub_log, overwrite=action == "rerun")
-        primary = get_task(config.task.kind).primary()  # for runs of earlier versions, which did not record it
+        primary = demo.task.primary()  # for runs of earlier versions, which did not record it
         if action != "keep" or not (run_dir / "report.md").is_file():
             write_report(run_dir, primary)
         rows.append(method_row(load_run(run_dir, primary)))
-        if "0.9" in stem and (run_dir / "sparsity" / "final.csv").is_file():
+        if highest is not None and targets[stem] == highest and (run_dir / "sparsity" / "final.csv").is_file():
             layer_tables.append(f"{stem} {_layer_table(run_dir)}")
     table = markdown_table(rows)
     layers = "\n\n".join(layer_tables)
     links = "\n".join(f"- [{stem}]({stem}/report.md)" for stem in configs)
-    atomic_write(results_file, (
-        f"{RESULTS_TITLE}\n\nEqual epoch budget per row; accuracies are test top-1 on MNIST-1D "
-        "(final epoch, and best epoch under the final masks).\n\n"
-        f"{table}\n\nPer-layer sparsity of the 0.9 rows:\n\n```\n{layers}\n```\n\n{links}\n"))
+    per_layer = "" if highest is None else f"Per-layer sparsity of the {highest:.4g} rows:\n\n```\n{layers}\n```\n\n"
+    atomic_write(results_file, f"{RESULTS_TITLE}\n\n{demo_description(demo.task)}\n\n{table}\n\n{per_layer}{links}\n")
     log("")
     log(table)
     log("")
     log(layers)
     log(f"\nresults: {results_file}")
     return DemoResult(table, results, results_file, kept)
+
+
+def run_demo(
+    out_dir: str | Path = "runs/demo",
+    config_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+    fresh: bool = False,
+    task: str = DEFAULT_TASK,
+) -> DemoResult:
+    """Run every ``*.yaml`` of ``config_dir`` (default: the demo of ``task``) into ``out_dir``, in name order.
+
+    Every config must name ``task`` (its ``task.kind``), whose description heads ``results.md``.
+    Every output is checked before anything trains: a directory or ``results.md`` that the demo
+    did not write raises ``UserError`` and nothing is written.
+    """
+    return _run_prepared(_prepare(get_task(task), out_dir, config_dir, overrides, fresh), log)
+
+
+def run_demos(
+    task: str = DEFAULT_TASK,
+    out_dir: str | Path = "runs/demo",
+    config_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+    fresh: bool = False,
+    imports: Sequence[str] = (),
+) -> dict[str, DemoResult]:
+    """The demo of task ``task``, or of every registered task with a demo for ``task="all"``, each into
+    :func:`task_out_dir` (``out_dir`` for the default task, ``out_dir/<kind>`` for the others).
+
+    ``imports`` are modules imported first (a task of your own registers itself on import).
+    ``config_dir`` replaces the demo's configs of one task (not with ``all``). A task that is not
+    registered or has no demo raises a one-line ``UserError`` naming the valid ones. Every demo's
+    outputs are checked before any of them trains. Returns the results by task kind, in run order.
+    """
+    import_modules(list(imports) or None)
+    with_demo = demo_tasks()
+    valid = ", ".join([*with_demo, ALL_TASKS])
+    if task == ALL_TASKS:
+        if config_dir is not None:
+            raise UserError("--configs runs one task's configs; give --task KIND with it, not --task all")
+        kinds = with_demo
+    elif task not in task_kinds():
+        raise UserError(f"--task {task!r} is not a registered task; valid: {valid} (a task of your own: "
+                        "--import its module)")
+    elif task not in with_demo and config_dir is None:
+        raise UserError(f"--task {task!r} declares no demo (Task.DEMO); valid: {valid}, or give --configs DIR")
+    else:
+        kinds = [task]
+    prepared = {kind: _prepare(get_task(kind), task_out_dir(out_dir, kind), config_dir, overrides, fresh)
+                for kind in kinds}
+    results = {}
+    for kind, demo in prepared.items():
+        if len(prepared) > 1:
+            log(f"### task {kind}: {demo.results_file.parent}")
+        results[kind] = _run_prepared(demo, log)
+    return results
 
 
 def _layer_table(run_dir: Path) -> str:

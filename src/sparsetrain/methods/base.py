@@ -8,6 +8,11 @@ A method module (one per stage kind, or one for a family of kinds) defines::
     PARTITIONED: bool               whether its stages need the targets split into partitions
     WORKER_KINDS: tuple[str, ...]   kinds trained by parallel workers (P-GaP; the runner's rounds)
     layout(stage, ctx) -> StageLayout             epochs and optimizer segments of the stage
+    training_epochs(stage) -> int | None          epochs the stage trains, from its config alone:
+                                                  parallel workers counted one by one (P-GaP: kappa
+                                                  x R x T + F), 0 for a stage that trains nothing,
+                                                  None when only the model tells (GaP: kappa of a
+                                                  computed partition scheme without ``kappa``)
     events(stage, ctx) -> list[MaskEvent]         pure: from the stage and the step layout only
     apply(event, masks, ctx) -> None              changes the masks (and zeroes pruned weights)
     pruned_after(event, pruned, shapes, ctx)      per-tensor pruned counts after the event (what

@@ -144,6 +144,10 @@ def layout(stage: DSTStage, ctx: StageContext) -> StageLayout:
     return single_segment(stage.epochs)
 
 
+def training_epochs(stage: DSTStage) -> int:
+    return stage.epochs
+
+
 def events(stage: DSTStage, ctx: StageContext) -> list[MaskEvent]:
     return dst_events(stage.kind, ctx.start_step, stage.epochs * ctx.steps_per_epoch, stage.sparsity,
                       distribution=stage.distribution, update_every=stage.update_every,

@@ -221,6 +221,32 @@ def layout(stage: GaPStage, ctx: StageContext) -> StageLayout:
     return StageLayout(gap.epochs, (*segments, (gap.gap_epochs, gap.finetune_epochs)), gap)
 
 
+def configured_kappa(partitions: PartitionConfig) -> int | None:
+    """The number of partitions when the config alone tells it: ``kappa``, the length of a regex list or
+    of a preset; None for a computed scheme without ``kappa`` (e.g. ``stages``: it depends on the model)."""
+    from ..sparsity.partitions import PRESETS
+
+    if partitions.kappa is not None:
+        return partitions.kappa
+    if isinstance(partitions.scheme, list):
+        return len(partitions.scheme)
+    return len(PRESETS[partitions.scheme]) if partitions.scheme in PRESETS else None
+
+
+def training_epochs(stage: GaPStage) -> int | None:
+    """Epochs of training, P-GaP workers counted one by one; None when kappa depends on the model.
+
+    S-GaP trains ``1 + R * kappa`` steps of ``T`` epochs, then ``F``; P-GaP trains kappa workers for
+    ``R * T`` epochs each, then ``F`` on the merged model.
+    """
+    kappa = configured_kappa(stage.partitions)
+    if kappa is None:
+        return None
+    gap = gap_layout(stage.kind, kappa, stage.epochs_per_step, stage.rounds, stage.finetune_epochs)
+    workers = kappa if stage.kind in WORKER_KINDS else 1
+    return workers * gap.gap_epochs + gap.finetune_epochs
+
+
 def events(stage: GaPStage, ctx: StageContext) -> list[MaskEvent]:
     gap = layout(stage, ctx).detail
     return gap_events(gap, ctx.start_step, ctx.steps_per_epoch, stage.sparsity, distribution=stage.distribution,

@@ -88,6 +88,10 @@ def layout(stage: GMPStage, ctx: StageContext) -> StageLayout:
     return single_segment(stage.epochs)
 
 
+def training_epochs(stage: GMPStage) -> int:
+    return stage.epochs
+
+
 def events(stage: GMPStage, ctx: StageContext) -> list[MaskEvent]:
     spe = ctx.steps_per_epoch
     return gmp_events(ctx.start_step + stage.start_epoch * spe, ctx.start_step + stage.final_epoch * spe,

@@ -58,6 +58,10 @@ def layout(stage: PruneStage, ctx: StageContext) -> StageLayout:
     return StageLayout(0)
 
 
+def training_epochs(stage: PruneStage) -> int:
+    return 0  # prunes once, trains nothing
+
+
 def events(stage: PruneStage, ctx: StageContext) -> list[MaskEvent]:
     event = one_shot_prune(ctx.start_step, stage.method, stage.sparsity, stage.min_threshold, ctx.index)
     if stage.method == "random":

@@ -33,6 +33,10 @@ def layout(stage: TrainStage, ctx: StageContext) -> StageLayout:
     return single_segment(stage.epochs)
 
 
+def training_epochs(stage: TrainStage) -> int:
+    return stage.epochs
+
+
 def events(stage: TrainStage, ctx: StageContext) -> list[MaskEvent]:
     return []
 

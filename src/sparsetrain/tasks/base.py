@@ -41,6 +41,14 @@ class Task:
     COUNT_UNIT: ClassVar[str] = "examples"
     """What :meth:`loss` counts: ``examples`` (DDP weights ranks by their share of the global batch,
     known without communication) or anything else, e.g. ``tokens`` (the counts are all-reduced)."""
+    DEMO: ClassVar[str | None] = None
+    """The task's demo for ``sparsetrain demo --task KIND``: a directory of run configs (``*.yaml``, run in
+    name order, each naming this task's kind), absolute or relative to the directory of the module that
+    defines the task; None: no demo. Read from the class's own body only: a subclass registered under
+    another kind does not inherit its parent's demo (whose configs name the parent's kind)."""
+    DEMO_DESCRIPTION: ClassVar[str] = ""
+    """One line under the demo table's title in ``results.md``: what the metric columns are, on what data
+    (own body only, like :attr:`DEMO`). Empty: a line built from :attr:`METRIC_LABEL` and :attr:`PRIMARY`."""
     collate_fn: Any = None
 
     def __init__(self, config: RunConfig, train_set: Dataset, eval_set: Dataset) -> None:
