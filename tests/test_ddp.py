@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from sparsetrain.config import load_config
-from sparsetrain.runner.components import epoch_batches
+from sparsetrain.data.batching import epoch_batches
 from sparsetrain.runner.train import run
 from sparsetrain.config import DataConfig
 

@@ -18,14 +18,15 @@ from sparsetrain.config import parse_config
 from sparsetrain.data.registry import load_dataset
 from sparsetrain.methods import REGISTRY, MethodScheduler, stage_schemas
 from sparsetrain.models import build_model
-from sparsetrain.runner.components import build_optimizer, derived_seed, epoch_batches, epoch_loader, seed_everything
+from sparsetrain.data.batching import derived_seed, epoch_batches
+from sparsetrain.runner.components import build_optimizer, epoch_loader, seed_everything
 from sparsetrain.runner.timeline import sparsity_after_events
 from sparsetrain.runner.train import resolve_timeline, run
 from sparsetrain.sparsity import select_targets
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 INTERFACE = ("KINDS", "SCHEMA", "TRAINS", "PARTITIONED", "WORKER_KINDS", "layout", "events", "apply", "pruned_after",
-             "evaluates_after", "preflight", "label", "distribution_label")
+             "evaluates_after", "preflight", "label", "distribution_label", "training_epochs")
 PARTS = {"scheme": "layers", "kappa": 2}
 STAGES = {  # one short run per method (and per one-shot budget)
     **{f"prune-{m}": [{"kind": "dense", "epochs": 1},

@@ -180,3 +180,42 @@ def test_toy_task_under_two_gloo_processes_matches_one(tmp_path):
     theirs = torch.load(tmp_path / "multi" / "model_final.pt", weights_only=True)
     for key, value in single.model.state_dict().items():
         torch.testing.assert_close(theirs[key], value, rtol=1e-4, atol=1e-5)  # float reduction order only
+
+
+def test_a_task_with_its_own_batching_drives_the_loop_and_resumes_exactly(tmp_path, monkeypatch):
+    """The runner trains exactly the task's batches (sizes differ per step), plans with the task's
+    steps per epoch, and resumes from the middle of an epoch with the same weights."""
+    budget = {"task": {"kind": "toy_budget_regression", "dataset": {"name": "digits"},
+                       "model": {"name": "mlp", "options": {"hidden": [16]}}},
+              "data": {"batch_size": 50, "eval_batch_size": 200},
+              "training": {"progress": False, "checkpoint_every_steps": 5}}
+    config = load_config(_toy(tmp_path, "budget", **budget))
+    task = build_task(config)
+    spe = task.steps_per_epoch()
+    expected = [len(shard) for epoch in range(4) for shard in task.epoch_batches(epoch)[0]]
+    assert len(set(expected)) > 3 and spe != -(-len(task.train_set) // 50)  # not the default batching
+    task_class = get_task("toy_budget_regression")
+    original, seen = task_class.loss, []
+
+    def loss(self, model, batch):
+        seen.append(len(batch[0]))
+        if len(seen) == spe * 2 + 7 and stopping:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(task_class, "loss", loss)
+    stopping = False
+    whole = run(config, log=lambda line: None)
+    assert seen == expected
+    timeline = json.loads((tmp_path / "budget" / "timeline.json").read_text())
+    assert timeline["steps_per_epoch"] == spe
+
+    stopping = True
+    seen.clear()
+    stopped = load_config(_toy(tmp_path, "budget_stopped", **budget))
+    with pytest.raises(Preempted):
+        run(stopped, log=lambda line: None)
+    stopping = False
+    resumed = run(stopped, resume=True, log=lambda line: None)
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key

@@ -59,3 +59,46 @@ class ToyRegressionTask(Task):
             seen += targets.numel()
         model.train(was_training)
         return {"loss": squared / seen, "mae": absolute / seen, "seen": float(seen)}
+
+
+@register_task("toy_budget_regression")
+class ToyBudgetRegressionTask(ToyRegressionTask):
+    """The toy regression with its own batching, as a translation task batches sentences by tokens.
+
+    An example's "length" is its number of non-zero pixels. Batches are fixed once, filled in
+    length order up to a budget of ``data.batch_size * 40`` length units (so their example counts
+    differ); each epoch visits them in a seeded order. Under data parallelism a batch's examples
+    are split into contiguous near-equal parts.
+    """
+
+    def batches(self) -> list[list[int]]:
+        if not hasattr(self, "_batches"):
+            inputs = self.train_set.tensors[0]
+            lengths = (inputs.flatten(1) != inputs.flatten(1).min()).sum(1).tolist()
+            budget = self.config.data.batch_size * 40
+            batches, current, used = [], [], 0
+            for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+                if current and used + lengths[index] > budget:
+                    batches.append(current)
+                    current, used = [], 0
+                current.append(index)
+                used += lengths[index]
+            self._batches = batches + [current] if current else batches
+        return self._batches
+
+    def steps_per_epoch(self) -> int:
+        return len(self.batches())
+
+    def epoch_batches(self, epoch, stream=0, rank=0, world_size=1):
+        from sparsetrain.data.batching import derived_seed
+
+        generator = torch.Generator().manual_seed(derived_seed(self.config.seed, epoch, stream))
+        order = torch.randperm(len(self.batches()), generator=generator).tolist()
+        shards, sizes = [], []
+        for b in order:
+            batch = self.batches()[b]
+            base, extra = divmod(len(batch), world_size)
+            begin = rank * base + min(rank, extra)
+            shards.append(batch[begin : begin + base + (rank < extra)])
+            sizes.append(len(batch))
+        return shards, sizes

@@ -20,8 +20,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .errors import UserError, UserOSError, os_error_message
@@ -172,28 +172,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .runner.components import parse_selectors
-    from .runner.flops import TRAINING_PASSES, target_forward_flops
     from .methods import trains_with_workers
+    from .runner.flops import TRAINING_PASSES, target_forward_flops
+    from .runner.setup import build_setup
     from .runner.timeline import format_plan
-    from .runner.train import resolve_timeline
-    from .sparsity import select_targets
-    from .tasks import build_task, get_task
 
     config = load_config(args.config, args.overrides, check_files=False)
-    facts = get_task(config.task.kind).plan_facts(config)
-    if facts is not None:  # e.g. a dataset on disk: lay the run out from its known size, without reading it
-        num_train, model, example = facts
-    else:
-        task = build_task(config)
-        num_train, model, example = len(task.train_set), task.build_model(), task.example_input()
-    targets = select_targets(model, parse_selectors(config.targets.include), parse_selectors(config.targets.exclude))
-    timeline = resolve_timeline(config, targets, num_train)
-    from .runner.preflight import check_run
-
-    check_run(config, targets, timeline)  # what `run` would refuse before its first epoch, plan refuses too
-    print(format_plan(timeline, config, [t.shape for t in targets]))
-    flops = target_forward_flops(model, targets, example)
+    # Laid out (and pre-flight checked) as `run` would, from the data's known size where the task can tell it.
+    setup = build_setup(config, read_data=False, load_init=False)
+    timeline, num_train = setup.timeline, setup.num_train
+    print(format_plan(timeline, config, [t.shape for t in setup.targets]))
+    flops = target_forward_flops(setup.model, setup.targets, setup.example_input)
     epochs = sum(span.epochs + ((span.gap.kappa - 1) * span.gap.gap_epochs if trains_with_workers(span.kind) else 0)
                  for span in timeline.stages)
     examples = num_train * epochs
@@ -212,25 +201,23 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .runner.checkpoint import load_model_weights
-    from .runner.components import parse_selectors, resolve_device
-    from .sparsity import MaskSet, select_targets
-    from .sparsity.targets import parameter_count
-    from .tasks import build_task
+    from .runner.components import resolve_device
+    from .runner.setup import build_setup
+    from .sparsity import MaskSet
 
     config = load_config(args.config, args.overrides)
     device = resolve_device(config.device)
-    task = build_task(config)
-    model = task.build_model().to(device)
+    setup = build_setup(config, device=device, load_init=False, lay_out=False)
+    task, model, targets = setup.task, setup.model, setup.targets
     load_model_weights(model, args.checkpoint)
-    targets = select_targets(model, parse_selectors(config.targets.include), parse_selectors(config.targets.exclude))
-    masks = MaskSet.from_nonzero(targets, model_numel=parameter_count(model))
+    masks = MaskSet.from_nonzero(targets, model_numel=setup.model_numel)
     with torch.no_grad():
         metrics = task.evaluate(model, task.eval_loader(config.data.eval_batch_size), device,
                                 config.training.max_eval_batches)
     if args.masks:
         from .interop.gpmt_files import load_mask_list
 
-        given = MaskSet(targets, load_mask_list(args.masks), model_numel=parameter_count(model))
+        given = MaskSet(targets, load_mask_list(args.masks), model_numel=setup.model_numel)
         revived = sum(int(torch.count_nonzero(t.param.detach()[~m.to(t.param.device)]))
                       for t, m in zip(targets, given.masks))
         print(f"masks {args.masks}: sparsity {given.sparsity():.4f}; weights non-zero where the masks prune: "

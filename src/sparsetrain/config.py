@@ -160,7 +160,8 @@ class TrainingConfig(_Strict):
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="also checkpoint every N optimizer steps, in the middle of an epoch (preemption)")
     stop_check_every: int = Field(
-        10, ge=1, description="under torchrun: steps between the ranks' agreement on a SIGTERM/SIGUSR1 stop")
+        10, ge=1, description="under torchrun: steps between the ranks' agreement on a SIGTERM/SIGUSR1 stop; "
+        "on an accelerator also the steps between reads of the training loss (the CPU reads every step)")
     on_nonfinite: Literal["stop", "skip", "continue"] = Field(
         "stop", description="a NaN/inf training loss: stop the run (exit non-zero), skip that batch's update, "
         "or continue (the pre-0.2 behaviour)")

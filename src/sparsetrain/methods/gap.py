@@ -102,6 +102,31 @@ class GaPLayout:
     def epochs(self) -> int:
         return self.gap_epochs + self.finetune_epochs
 
+    def phases(self, start_epoch: int) -> list[dict]:
+        """``{"start_epoch", "epochs", "label", "grow"}`` per step, then the fine-tuning, from ``start_epoch``.
+
+        Epochs are 0-based global positions; the phases are contiguous and cover the stage's
+        ``epochs`` exactly. S-GaP: one per grow step (``grow P3``, 1-based as in ``plan``); P-GaP:
+        one per round (every worker grows its own partition; epochs are one worker's). ``grow``
+        lists the 0-based partitions grown in the phase.
+        """
+        if self.variant == "sgap":
+            steps = [(f"grow P{p + 1}", [p]) for p in self.grow_sequence]
+        else:
+            steps = [(f"round {r + 1}: {self.kappa} workers", list(range(self.kappa))) for r in range(self.rounds)]
+        phases = [{"start_epoch": start_epoch + k * self.epochs_per_step, "epochs": self.epochs_per_step,
+                   "label": label, "grow": grow} for k, (label, grow) in enumerate(steps)]
+        phases.append({"start_epoch": start_epoch + self.gap_epochs, "epochs": self.finetune_epochs,
+                       "label": "finetune", "grow": []})
+        return phases
+
+    def describe(self) -> tuple[str, list[str]]:
+        """What ``plan`` shows: text for the stage's line (the S-GaP grow order) and lines under it."""
+        if self.variant == "sgap":
+            return "; grow order " + " ".join(f"P{p + 1}" for p in self.grow_sequence), []
+        return "", [f"P-GaP: {self.kappa} workers x {self.rounds} round(s) x {self.epochs_per_step} epoch(s) = "
+                    f"{self.kappa * self.gap_epochs} worker-epochs, then {self.finetune_epochs} fine-tuning epoch(s)"]
+
 
 def sgap_grow_sequence(kappa: int, rounds: int, order: str, seed: int) -> tuple[int, ...]:
     """Partition grown in each S-GaP step: ``0`` first, then ``rounds`` rounds over all partitions."""

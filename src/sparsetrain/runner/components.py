@@ -1,7 +1,7 @@
-"""Small builders the training loop uses: device, optimizer, LR schedule, selectors, data order.
+"""Small builders the training loop uses: device, optimizer, LR schedule, selectors, seeding, loaders.
 
-The data order of an epoch depends only on (seed, epoch, stream), never on how the run got
-there, which is what makes resume and P-GaP's single-process simulation exact.
+The data order of an epoch (which examples form each batch) is :mod:`sparsetrain.data.batching`'s,
+asked for through the task (:meth:`Task.epoch_batches`).
 """
 
 from __future__ import annotations
@@ -76,36 +76,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def derived_seed(*parts: int) -> int:
-    """A seed in [0, 2**32) that depends on every part (e.g. run seed, stage, round, worker)."""
-    value = 0
-    for part in parts:
-        value = (value * 1_000_003 + part + 1) % 2**32
-    return value
-
-
-def epoch_batches(num_examples: int, config: DataConfig, seed: int, epoch: int, stream: int = 0, rank: int = 0,
-                  world_size: int = 1) -> tuple[list[list[int]], list[int]]:
-    """This rank's share of every global batch of epoch ``epoch``, and each global batch's size.
-
-    The global batches are consecutive slices of one permutation that depends only on
-    (seed, epoch, stream); under data parallelism rank ``r`` takes the r-th of ``world_size``
-    near-equal contiguous parts of each, so the union over ranks is the single-process batch.
-    """
-    generator = torch.Generator().manual_seed(derived_seed(seed, epoch, stream))
-    order = torch.randperm(num_examples, generator=generator).tolist()
-    step = config.batch_size
-    stop = num_examples - num_examples % step if config.drop_last else num_examples
-    shards, sizes = [], []
-    for start in range(0, stop, step):
-        batch = order[start : start + step]
-        base, extra = divmod(len(batch), world_size)
-        begin = rank * base + min(rank, extra)
-        shards.append(batch[begin : begin + base + (rank < extra)])
-        sizes.append(len(batch))
-    return shards, sizes
-
-
 def epoch_loader(dataset: Dataset, config: DataConfig, shards: list[list[int]], seed: int,
                  skip: int = 0, collate_fn: Callable[[list[Any]], Any] | None = None) -> Iterable[Any]:
     """Batches ``shards`` (lists of example indices) of ``dataset``, loaded by ``config.num_workers`` workers,
@@ -124,7 +94,3 @@ def epoch_loader(dataset: Dataset, config: DataConfig, shards: list[list[int]], 
     loader = DataLoader(dataset, batch_sampler=shards, num_workers=config.num_workers, generator=generator,
                         collate_fn=collate_fn)
     return itertools.islice(loader, skip, None)
-
-
-def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:
-    return num_examples // batch_size if drop_last else -(-num_examples // batch_size)

@@ -143,8 +143,7 @@ def _describe_training(span: StageSpan) -> str:
         g = span.gap
         text += (f"; kappa {g.kappa}, T {g.epochs_per_step}, R {g.rounds}, F {g.finetune_epochs}; "
                  f"{len(span.segments)} optimizer segment(s)")
-        if g.variant == "sgap":
-            text += "; grow order " + " ".join(f"P{p + 1}" for p in g.grow_sequence)
+        text += g.describe()[0]
     elif span.kind == "finetune":
         text += "; masks fixed"
     return text
@@ -170,10 +169,8 @@ def format_plan(timeline: Timeline, config: RunConfig, target_shapes: Sequence[S
                 for e in timeline.schedule.events_at(span.start_step, span.index)
             )
         lines.append(f"{span.index:>5}  {span.kind:<9} {epochs:<13} {steps:<16} {what}")
-        if span.gap is not None and span.gap.variant == "pgap":
-            lines.append(f"{'':>7}P-GaP: {span.gap.kappa} workers x {span.gap.rounds} round(s) x "
-                         f"{span.gap.epochs_per_step} epoch(s) = {span.gap.kappa * span.gap.gap_epochs} worker-epochs, "
-                         f"then {span.gap.finetune_epochs} fine-tuning epoch(s)")
+        if span.gap is not None:
+            lines += [f"{'':>7}{line}" for line in span.gap.describe()[1]]
         for part in span.partitions:
             lines.append(f"{'':>7}{part.label}")
     lines += ["", "mask events (sparsity over all targets after the event):"]
@@ -197,24 +194,15 @@ def phase_records(span: StageSpan) -> list[dict]:
     Invariants: the phases are in order, each has ``epochs >= 1``, they are contiguous and cover
     exactly ``[span.start_epoch, span.end_epoch)``; a zero-length stage (a one-shot prune) has none.
     ``grow`` lists the 0-based indices of the partitions grown during the phase (empty when none).
-    S-GaP: one phase per grow step (``grow P3``: partition 3, 1-based, as in ``plan``), then
-    ``finetune``; P-GaP: one per round (``round 2: 3 workers``, every worker growing its own
-    partition; epochs are one worker's, as on the whole axis), then ``finetune``; any other stage:
-    one phase labelled with its kind.
+    A GaP stage's phases are its layout's (:meth:`GaPLayout.phases`: grow steps or rounds, then
+    ``finetune``); any other stage is one phase labelled with its kind.
     """
     if span.epochs == 0:
         return []
     gap = span.gap
     if gap is None:
         return [{"start_epoch": span.start_epoch, "epochs": span.epochs, "label": span.kind, "grow": []}]
-    if gap.variant == "sgap":
-        steps = [(f"grow P{p + 1}", [p]) for p in gap.grow_sequence]
-    else:
-        steps = [(f"round {r + 1}: {gap.kappa} workers", list(range(gap.kappa))) for r in range(gap.rounds)]
-    phases = [{"start_epoch": span.start_epoch + k * gap.epochs_per_step, "epochs": gap.epochs_per_step,
-               "label": label, "grow": grow} for k, (label, grow) in enumerate(steps)]
-    phases.append({"start_epoch": span.start_epoch + gap.gap_epochs, "epochs": gap.finetune_epochs,
-                   "label": "finetune", "grow": []})
+    phases = gap.phases(span.start_epoch)
     assert sum(p["epochs"] for p in phases) == span.epochs, (span, phases)
     return phases
 

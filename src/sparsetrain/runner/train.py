@@ -7,9 +7,14 @@ events, ``Sparsifier.step(optimizer)`` keeps the masks fixed after every optimiz
 segment (a new training stage, or a GaP step with ``reset_optimizer``) gets a fresh optimizer
 and restarts its LR schedule, warm-up included.
 
-P-GaP trains kappa worker copies per round: one after another in this process, or one per rank
-under torchrun (``WORLD_SIZE`` = kappa). Both give the same merged model: each worker's RNG and
-data order are seeded by (seed, stage, round, worker).
+P-GaP trains kappa worker copies per round (:mod:`.pgap_rounds`): one after another in this
+process, or one per rank under torchrun (``WORLD_SIZE`` = kappa). Both give the same merged model:
+each worker's RNG and data order are seeded by (seed, stage, round, worker).
+
+No host sync per step on an accelerator: the epoch's training loss is summed on the device and
+read every ``training.stop_check_every`` steps and at the epoch's end (on the CPU, where reading
+a scalar costs nothing, and with ``on_nonfinite=skip``, which must decide each update, every
+step); the progress bar's sparsity is the one measured at the last mask event.
 
 Outputs in the run directory: ``run.json`` (the marker, see :mod:`.run_dir`), ``config.yaml``,
 ``train.log`` (every log line), ``metrics.jsonl`` (one line per evaluation), ``events.jsonl`` and
@@ -52,18 +57,15 @@ from torch import nn
 
 from ..atomic import atomic_write
 from ..config import RunConfig, dump_config
+from ..data.batching import derived_seed
 from ..errors import UserError
 from ..methods import MaskEvent, method_for, trains_with_workers
-from ..sparsity import MaskSet, Sparsifier, global_counts, select_targets
-from ..sparsity.partitions import ownership, partition_targets
-from ..sparsity.targets import parameter_count
-from ..tasks import build_task
+from ..sparsity import MaskSet, Sparsifier, global_counts
 from ..tasks.base import TRAIN_LOSS, as_test_metrics
 from .checkpoint import (
     CheckpointError,
     atomic_torch_save,
     load_checkpoint,
-    load_model_weights,
     restore_rng_state,
     rng_state,
     save_checkpoint,
@@ -72,18 +74,12 @@ from .components import (
     autocast_context,
     build_lr_schedule,
     build_optimizer,
-    derived_seed,
-    epoch_batches,
     epoch_loader,
-    parse_selectors,
     resolve_device,
-    seed_everything,
-    steps_per_epoch,
 )
 from .distributed import (
     DistContext,
     broadcast_masks_,
-    broadcast_merge_,
     check_same_on_all_ranks,
     init_from_environment,
     shutdown_process_group,
@@ -96,18 +92,11 @@ from .outputs import (
     write_gpmt_reference_files,
     write_layer_csv,
 )
-from .preflight import check_run
+from .pgap_rounds import RoundState, train_pgap_stage
 from .progress import progress_bar
 from .run_dir import check_run_dir, prepare_run_dir
-from .timeline import (
-    TIMELINE_FILE,
-    Segment,
-    StageSpan,
-    Timeline,
-    build_timeline,
-    stage_context,
-    timeline_record,
-)
+from .setup import build_setup, resolve_timeline  # noqa: F401  (resolve_timeline: used from here by tests)
+from .timeline import TIMELINE_FILE, Segment, StageSpan, stage_context, timeline_record
 
 CHECKPOINT = "checkpoint.pt"
 LOG_FILE = "train.log"
@@ -151,37 +140,32 @@ class _Run:
         self.log = log
         self.dir = config.run_dir()
         self.device = resolve_device(config.device)
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        seed_everything(config.seed)
-        self.task = build_task(config)
-        self.model = self.task.build_model().to(self.device)
-        if config.init.checkpoint:
-            load_model_weights(self.model, config.init.checkpoint)
-        self.include = parse_selectors(config.targets.include)
-        self.exclude = parse_selectors(config.targets.exclude)
-        self.targets = select_targets(self.model, self.include, self.exclude)
-        self.model_numel = parameter_count(self.model)
-        self.forward_flops = target_forward_flops(self.model, self.targets, self.task.example_input())
-        self.timeline = resolve_timeline(config, self.targets, len(self.task.train_set))
+        setup = build_setup(config, device=self.device)
+        assert setup.task is not None and setup.timeline is not None
+        self.task, self.model, self.targets, self.timeline = setup.task, setup.model, setup.targets, setup.timeline
+        self.model_numel = setup.model_numel
+        self.forward_flops = target_forward_flops(self.model, self.targets, setup.example_input)
         self.schedule = tuple(self.timeline.schedule.events())  # every mask event of the run, in order
-        check_run(config, self.targets, self.timeline)  # what can be refused without data, before any epoch
         self.dist: DistContext | None = None
         self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, when data-parallel
         self.eval_loader = self.task.eval_loader(config.data.eval_batch_size)
-        self.sparsifier: Sparsifier | None = None
+        # A run with mask events has its masks (dense until the first event) and their Sparsifier from
+        # the start; the Sparsifier enforces them after each update once an event has set them.
+        self.sparsifier = (Sparsifier(self.model, MaskSet(self.targets, model_numel=self.model_numel))
+                           if self.schedule else None)
         self.optimizer: torch.optim.Optimizer | None = None
         self.pending_optimizer_state: dict | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.training.amp == "fp16")
         self.stage_index, self.epoch, self.step, self.events_applied = 0, 0, 0, 0
-        self.pgap: dict[str, Any] | None = None
+        self.pgap: RoundState | None = None  # the P-GaP round in progress
         self.train_flops = 0.0
         self.flops_per_example = training_flops_per_example(self.forward_flops, None)
         self.history: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
         self.started = time.perf_counter()
-        self.epoch_loss = (0.0, 0)  # (sum of per-example losses, examples) of the epoch so far
+        self.epoch_loss = (self.zero_loss(), 0)  # (sum of per-example losses on the device, examples) of the epoch so far
+        self.loss_read_every = loss_read_interval(self.device, config.training.stop_check_every)
         self.event_sparsity = 0.0  # target sparsity after the last mask event (the progress bar's; no sync per step)
         self.skipped_steps = 0  # updates skipped for a non-finite loss (training.on_nonfinite=skip)
         self.stop_signal: int | None = None  # SIGTERM/SIGUSR1 received: checkpoint at the next step and stop
@@ -219,10 +203,10 @@ class _Run:
             "sparsifier": self.sparsifier.state_dict() if self.sparsifier else None,
             "position": {"stage": self.stage_index, "epoch": self.epoch, "step": self.step,
                          "events_applied": self.events_applied},
-            "pgap": self.pgap,
+            "pgap": self.pgap.state_dict() if self.pgap is not None else None,
             "train_flops": self.train_flops,
             "history": self.history, "events": self.events, "elapsed": self.elapsed(), "rng": rng,
-            "epoch_loss": list(self.epoch_loss), "skipped_steps": self.skipped_steps,
+            "epoch_loss": [float(self.epoch_loss[0]), self.epoch_loss[1]], "skipped_steps": self.skipped_steps,
         })
         if per_rank:
             torch.distributed.barrier()  # every rank's file is complete before the manifest names it
@@ -244,15 +228,14 @@ class _Run:
         self.events_applied = position["events_applied"]
         if state["sparsifier"] is not None:
             self.masks().load_state_dict(state["sparsifier"]["masks"])
-            self.event_sparsity = self.masks().sparsity()
+            self.masks_changed()
         self.pending_optimizer_state = state["optimizer"]
         self.scaler.load_state_dict(state["scaler"])
-        self.pgap = state["pgap"]
+        self.pgap = RoundState.from_state_dict(state["pgap"])
         self.train_flops = state["train_flops"]
-        self.flops_per_example = training_flops_per_example(
-            self.forward_flops, self.sparsifier.masks if self.sparsifier else None)
         self.history, self.events, self.elapsed_before = state["history"], state["events"], state["elapsed"]
-        self.epoch_loss = tuple(state.get("epoch_loss", (0.0, 0)))  # absent in 0.1 checkpoints (epoch ends only)
+        total, seen = state.get("epoch_loss", (0.0, 0))  # absent in 0.1 checkpoints (epoch ends only)
+        self.epoch_loss = (self.zero_loss() + total, seen)
         self.skipped_steps = state.get("skipped_steps", 0)
         if self.is_main:  # drop what was logged after the checkpoint
             rewrite_jsonl(self.dir / "metrics.jsonl", self.history)
@@ -286,10 +269,17 @@ class _Run:
 
     # ---- measurements --------------------------------------------------------------------------
     def masks(self) -> MaskSet:
-        """The masks in force, created dense on first use."""
-        if self.sparsifier is None:
-            self.sparsifier = Sparsifier(self.model, MaskSet(self.targets, model_numel=self.model_numel))
+        """The run's masks (only a run with mask events has them)."""
+        assert self.sparsifier is not None, "a run without mask events has no masks"
         return self.sparsifier.masks
+
+    def masks_changed(self) -> None:
+        """Re-measure what follows from the masks: FLOPs per example and the progress bar's sparsity."""
+        self.flops_per_example = training_flops_per_example(self.forward_flops, self.masks())
+        self.event_sparsity = self.masks().sparsity()
+
+    def zero_loss(self) -> torch.Tensor:
+        return torch.zeros((), dtype=torch.float64, device=self.device)
 
     def sparsity(self) -> tuple[float, float]:
         if self.sparsifier is None:
@@ -347,8 +337,7 @@ class _Run:
         if self.optimizer is not None and not event.resets_optimizer:
             masks.mask_optimizer_state_(self.optimizer)
         self.events_applied += 1
-        self.flops_per_example = training_flops_per_example(self.forward_flops, masks)
-        self.event_sparsity = masks.sparsity()
+        self.masks_changed()
         if not self.is_main:
             return
         csv_name = f"sparsity/step{self.step:08d}_{self.events_applied:03d}_{event.kind}.csv"
@@ -393,11 +382,17 @@ class _Run:
         # Every rank runs this loop in step with the others (DDP, or P-GaP workers), so they can agree
         # on a stop; P-GaP's fine-tuning runs on rank 0 alone.
         lockstep = self.dist is not None and (self.ddp is not None or stream > 0)
-        shards, global_sizes = epoch_batches(len(self.task.train_set), self.config.data, self.config.seed, epoch,
-                                             stream, rank, world)
+        shards, global_sizes = self.task.epoch_batches(epoch, stream, rank, world)
+        if len(shards) != spe:
+            raise RuntimeError(f"task {self.task.kind!r} gave {len(shards)} batches for epoch {epoch}, but its "
+                               f"steps_per_epoch() is {spe}")
         done = self.step - epoch * spe  # batches of this epoch trained before a mid-epoch checkpoint
         if done == 0:
-            self.epoch_loss = (0.0, 0)
+            self.epoch_loss = (self.zero_loss(), 0)
+        # Read the loss (a host sync) every step only where it is free (CPU) or needed (skip decides
+        # each update); otherwise every loss_read_every steps and at the epoch's end.
+        read_each_step = self.loss_read_every == 1 or training.on_nonfinite == "skip"
+        window_start = self.step
         loader = epoch_loader(self.task.train_set, self.config.data, shards,
                               derived_seed(self.config.seed, epoch, stream, 1), skip=done,
                               collate_fn=self.task.collate_fn)
@@ -414,9 +409,10 @@ class _Run:
             batch = self.task.to_device(batch, self.device)
             with autocast:
                 loss, count = self.task.loss(network, batch)
-            loss_value = float(loss.detach())
-            finite = math.isfinite(loss_value) or self.nonfinite_loss(span, epoch, loss_value,
-                                                                      self.task.batch_inputs(batch))
+            detached = loss.detach()
+            loss_value = float(detached) if read_each_step else None
+            finite = loss_value is None or math.isfinite(loss_value) or self.nonfinite_loss(
+                span, epoch, loss_value, self.task.batch_inputs(batch))
             # DDP averages gradients over ranks; weighting each rank's mean by its share of the global
             # batch makes that average the gradient of the global batch's mean, even for uneven shards.
             # A task counting tokens (not examples) learns the global count from the other ranks.
@@ -432,18 +428,39 @@ class _Run:
                     nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                if self.sparsifier is not None:
+                if self.sparsifier is not None and self.events_applied:  # masks set by an event
                     self.sparsifier.step(self.optimizer)
                 total, seen = self.epoch_loss
-                self.epoch_loss = (total + loss_value * count, seen + count)
+                self.epoch_loss = (total + detached.double() * count, seen + count)  # stays on the device
             self.step += 1
             self.train_flops += self.flops_per_example * global_size
-            if hasattr(batches, "set_postfix"):
+            last_batch = batch_index + 1 == len(shards)
+            if not read_each_step and (self.step % self.loss_read_every == 0 or last_batch):
+                loss_value = self.check_loss_window(span, epoch, window_start)
+                window_start = self.step
+            if loss_value is not None and hasattr(batches, "set_postfix"):
                 batches.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", sparsity=f"{self.event_sparsity:.3f}")
-            if batch_index + 1 < len(shards):  # epoch ends are the callers' to checkpoint
+            if not last_batch:  # epoch ends are the callers' to checkpoint
                 self.checkpoint_or_stop_mid_epoch(lockstep)
         total, seen = self.epoch_loss
-        return total / max(seen, 1), lr
+        return float(total) / max(seen, 1), lr
+
+    def check_loss_window(self, span: StageSpan, epoch: int, window_start: int) -> float:
+        """Read the epoch's loss so far (one host sync); with ``on_nonfinite=stop`` raise if it is not finite.
+
+        The sum turns non-finite at the first non-finite step, so that step lies in
+        ``[window_start, self.step)``, the steps since the last read. Returns the epoch's mean so far.
+        """
+        total, seen = self.epoch_loss
+        value = float(total)
+        if not math.isfinite(value) and self.config.training.on_nonfinite == "stop":
+            where = (f"between steps {window_start} and {self.step - 1} (stage {span.index} {span.kind}, epoch "
+                     f"{epoch - span.start_epoch + 1}; read every {self.loss_read_every} steps)")
+            culprit = _first_nonfinite(None, self.model)
+            raise TrainingDiverged(
+                f"training loss became {value} {where}; first non-finite tensor now: {culprit}. Lower "
+                "optimizer.lr, set training.grad_clip, or set training.on_nonfinite=skip|continue")
+        return value / max(seen, 1)
 
     def global_count(self, count: int, global_size: int) -> float:
         """Examples (or tokens) the global batch counts: ``global_size`` for a task counting examples."""
@@ -514,75 +531,6 @@ class _Run:
             if last or stage_epoch % training.checkpoint_every == 0:
                 self.save()
 
-    def train_pgap_stage(self, span: StageSpan) -> None:
-        """P-GaP rounds: every worker grows its partition on a copy of the merged model, then merge."""
-        layout = span.gap
-        assert layout is not None
-        per_round = layout.epochs_per_step
-        owners = ownership(list(self.model.state_dict()), span.partitions)
-        owners = {key: 0 if owner is None else owner for key, owner in owners.items()}
-        if self.dist is not None and self.dist.world_size != layout.kappa:
-            raise UserError(f"P-GaP with kappa={layout.kappa} needs {layout.kappa} processes, got "
-                             f"WORLD_SIZE={self.dist.world_size}")
-        workers = [self.dist.rank] if self.dist is not None else list(range(layout.kappa))
-        first_round = (self.epoch - span.start_epoch) // per_round
-        for round_index in range(first_round, layout.rounds):
-            round_start = span.start_epoch + round_index * per_round
-            segment = Segment(round_start, per_round)
-            self.apply_due_events(span)
-            if self.pgap is None:
-                self.pgap = {"round": round_index, "worker": workers[0], "merged": _clone(self.model.state_dict()),
-                             "masks": self.masks().state_dict(), "contributions": {},
-                             "train_flops_before": self.train_flops}
-            for worker in workers:
-                if worker < self.pgap["worker"]:
-                    continue
-                if self.step == round_start * self.timeline.steps_per_epoch:  # a worker's start: merged model, its partition grown
-                    self.model.load_state_dict(self.pgap["merged"])
-                    self.masks().load_state_dict(self.pgap["masks"])
-                    self.masks().grow_(span.partitions[worker].target_indices)
-                    self.flops_per_example = training_flops_per_example(self.forward_flops, self.masks())
-                    self.event_sparsity = self.masks().sparsity()
-                    seed_everything(derived_seed(self.config.seed, span.index, round_index, worker))
-                for epoch in range(self.epoch, round_start + per_round):
-                    self.prepare_optimizer(span, segment, epoch)
-                    loss, _ = self.train_epoch(span, segment, epoch, stream=1 + worker)
-                    self.epoch = epoch + 1
-                    self.log(f"stage {span.index} round {round_index + 1} worker {worker} (grows P{worker + 1}) "
-                             f"epoch {self.epoch - round_start}/{per_round}: train loss {loss:.4f}")
-                    if self.dist is None and self.epoch < round_start + per_round:
-                        self.save()
-                state = self.model.state_dict()
-                self.pgap["contributions"][worker] = _clone({k: v for k, v in state.items() if owners[k] == worker})
-                self.pgap["worker"] = worker + 1
-                self.epoch, self.step = round_start, round_start * self.timeline.steps_per_epoch
-                if self.dist is None:
-                    self.save()
-            if self.dist is not None:  # every worker's training counts, as when they run one after another
-                before = self.pgap.get("train_flops_before", self.train_flops)
-                round_flops = torch.tensor([self.train_flops - before], dtype=torch.float64)
-                torch.distributed.all_reduce(round_flops)
-                self.train_flops = before + float(round_flops)
-            merged = dict(self.pgap["merged"])
-            for contribution in self.pgap["contributions"].values():
-                merged.update(contribution)
-            self.model.load_state_dict(merged)
-            if self.dist is not None:
-                sent = broadcast_merge_(self.model.state_dict(), owners, self.dist.rank)
-                self.log(f"stage {span.index} round {round_index + 1} merge: rank {self.dist.rank} sent "
-                         f"{sent / 2**20:.2f} MiB (its partition{' and the orphans' if self.dist.rank == 0 else ''})")
-            self.masks().load_state_dict(self.pgap["masks"])
-            self.pgap = None
-            self.epoch = round_start + per_round
-            self.step = self.epoch * self.timeline.steps_per_epoch
-            self.apply_due_events(span)  # the merge: prune every partition back to the target
-            if self.dist is not None:
-                check_same_on_all_ranks(self.masks().checksum(), "mask checksum after the P-GaP merge", self.device)
-            self.save()
-        if self.dist is not None and not self.dist.is_main:
-            return  # rank 0 alone fine-tunes the merged model
-        self.train_stage(span)
-
     def setup_data_parallel(self) -> None:
         """Under torchrun without a P-GaP stage: wrap the model in DistributedDataParallel."""
         if self.dist is None or any(trains_with_workers(span.kind) for span in self.timeline.stages):
@@ -611,8 +559,8 @@ class _Run:
                 self.apply_due_events(span)
                 self.stage_index += 1
                 self.save()
-            elif trains_with_workers(span.kind):  # P-GaP: the runner trains its workers
-                self.train_pgap_stage(span)
+            elif trains_with_workers(span.kind):  # P-GaP: kappa workers per round, then a merge
+                train_pgap_stage(self, span)
                 if not self.is_main:
                     return None
             else:
@@ -636,30 +584,15 @@ class _Run:
         return RunResult(self.dir, self.model, masks, final, best)
 
 
-def resolve_timeline(config: RunConfig, targets, num_train_examples: int) -> Timeline:
-    """The run's timeline with GaP partitions resolved against the model's targets; LR schedules checked."""
-    partitions = {
-        i: partition_targets(targets, stage.partitions.scheme, stage.partitions.kappa)
-        for i, stage in enumerate(config.stages) if method_for(stage.kind).PARTITIONED
-    }
-    spe = steps_per_epoch(num_train_examples, config.data.batch_size, config.data.drop_last)
-    if spe < 1 and num_train_examples > 0:
-        raise UserError(f"data.batch_size={config.data.batch_size} with data.drop_last=true leaves no full batch of "
-                        f"the {num_train_examples} training examples; valid: batch_size <= {num_train_examples}, "
-                        "or drop_last: false")
-    timeline = build_timeline(config, spe, partitions)
-    for span in timeline.stages:  # a schedule that does not fit its segment fails before training
-        for segment in span.segments:
-            try:
-                build_lr_schedule(span.lr_schedule, span.optimizer.lr, segment.epochs, spe)
-            except ValueError as exc:
-                raise UserError(f"stages.{span.index}.lr_schedule: {exc} ({segment.epochs} epochs of "
-                                 f"{spe} steps)") from None
-    return timeline
+def loss_read_interval(device: torch.device, stop_check_every: int) -> int:
+    """Optimizer steps between two reads of the training loss: 1 on the CPU (a read costs nothing
+    there), else ``training.stop_check_every`` (each read waits for the accelerator's queue)."""
+    return 1 if device.type == "cpu" else stop_check_every
 
 
-def _first_nonfinite(inputs: torch.Tensor, model: nn.Module) -> str:
-    """Where a NaN/inf first shows: the input batch, then parameters and buffers in ``state_dict`` order."""
+def _first_nonfinite(inputs: torch.Tensor | None, model: nn.Module) -> str:
+    """Where a NaN/inf first shows: the input batch (when given), then parameters and buffers in
+    ``state_dict`` order."""
     if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
         return "the input batch (check the data)"
     for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
@@ -667,10 +600,6 @@ def _first_nonfinite(inputs: torch.Tensor, model: nn.Module) -> str:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 return f"{kind} {name!r}"
     return "none (inputs, parameters and buffers are finite: the loss itself overflowed)"
-
-
-def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in state.items()}
 
 
 class _LogLines:

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data import batching
+
 if TYPE_CHECKING:
     from ..config import RunConfig
 
@@ -77,6 +79,25 @@ class Task:
         return self.train_set[0][0]
 
     # ---- batches ------------------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps (global batches) in one epoch; the same for every epoch and stream."""
+        data = self.config.data
+        return batching.steps_per_epoch(len(self.train_set), data.batch_size, data.drop_last)
+
+    def epoch_batches(self, epoch: int, stream: int = 0, rank: int = 0,
+                      world_size: int = 1) -> tuple[list[list[int]], list[int]]:
+        """``(shards, global_sizes)`` of epoch ``epoch`` (0-based) for rank ``rank`` of ``world_size``.
+
+        ``shards[i]`` lists the ``train_set`` indices this rank loads for step ``i`` of the epoch,
+        ``global_sizes[i]`` the examples in that step's global batch (the sum over ranks). Both
+        depend only on (config.seed, epoch, stream, rank, world_size), and there are
+        :meth:`steps_per_epoch` of them. The default: consecutive ``data.batch_size`` slices of one
+        seeded permutation (:func:`sparsetrain.data.batching.epoch_batches`); a task batching by
+        another budget (tokens per batch) overrides both methods.
+        """
+        return batching.epoch_batches(len(self.train_set), self.config.data, self.config.seed, epoch, stream,
+                                      rank, world_size)
+
     def to_device(self, batch: Any, device: torch.device) -> Any:
         """The batch as the model and :meth:`loss` take it, on ``device``."""
         if isinstance(batch, (list, tuple)):

@@ -1,0 +1,146 @@
+"""P-GaP's rounds: kappa workers each grow one partition on a copy of the merged model, then a merge.
+
+A round starts from the merged model and masks. Worker ``w`` loads them, grows partition ``w``
+dense, and trains ``epochs_per_step`` epochs with its own RNG and data stream (seeded by
+(seed, stage, round, worker)); what it contributes to the merge is the state-dict entries its
+partition owns (entries no partition owns come from worker 0). The merge loads the merged state,
+overwrites it with every contribution, restores the round's masks and lets the stage's next mask
+event prune every partition back to the target. Then rank 0 (or the single process) fine-tunes.
+
+Without torchrun the workers run one after another in this process; under torchrun each rank is
+one worker (``WORLD_SIZE`` = kappa) and the merge is a broadcast of each rank's partition. Both
+give the same merged model, because each worker's RNG and data order depend only on its seeds.
+The round in progress is checkpointed as :class:`RoundState`, so a run stopped between or inside
+workers resumes exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..data.batching import derived_seed
+from ..errors import UserError
+from ..sparsity.partitions import ownership
+from .components import seed_everything
+from .distributed import broadcast_merge_, check_same_on_all_ranks
+from .timeline import Segment, StageSpan
+
+if TYPE_CHECKING:
+    from .train import _Run
+
+
+@dataclass
+class RoundState:
+    """One P-GaP round in progress.
+
+    ``worker`` is the next worker to train here (the workers before it have contributed);
+    ``merged`` and ``masks`` are the model state and mask state the round started from;
+    ``contributions[w]`` the state-dict entries worker ``w``'s partition owns after its training;
+    ``train_flops_before`` the run's training FLOPs when the round started.
+    """
+
+    round: int
+    worker: int
+    merged: dict[str, torch.Tensor]
+    masks: dict[str, Any]
+    contributions: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    train_flops_before: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain containers of tensors (checkpoints load with ``weights_only=True``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any] | None) -> RoundState | None:
+        if state is None:
+            return None
+        return cls(state["round"], state["worker"], state["merged"], state["masks"],
+                   dict(state.get("contributions", {})), state.get("train_flops_before", 0.0))
+
+
+def train_pgap_stage(run: _Run, span: StageSpan) -> None:
+    """Every remaining round of ``span`` (from the run's position), then its fine-tuning on rank 0."""
+    layout = span.gap
+    assert layout is not None
+    per_round = layout.epochs_per_step
+    spe = run.timeline.steps_per_epoch
+    owners = ownership(list(run.model.state_dict()), span.partitions)
+    owners = {key: 0 if owner is None else owner for key, owner in owners.items()}
+    if run.dist is not None and run.dist.world_size != layout.kappa:
+        raise UserError(f"P-GaP with kappa={layout.kappa} needs {layout.kappa} processes, got "
+                        f"WORLD_SIZE={run.dist.world_size}")
+    workers = [run.dist.rank] if run.dist is not None else list(range(layout.kappa))
+    first_round = (run.epoch - span.start_epoch) // per_round
+    for round_index in range(first_round, layout.rounds):
+        round_start = span.start_epoch + round_index * per_round
+        segment = Segment(round_start, per_round)
+        run.apply_due_events(span)
+        if run.pgap is None:
+            run.pgap = RoundState(round_index, workers[0], _clone(run.model.state_dict()), run.masks().state_dict(),
+                                  train_flops_before=run.train_flops)
+        for worker in workers:
+            if worker < run.pgap.worker:
+                continue
+            if run.step == round_start * spe:  # a worker's start: the merged model, its partition grown
+                _start_worker(run, span, round_index, worker)
+            for epoch in range(run.epoch, round_start + per_round):
+                run.prepare_optimizer(span, segment, epoch)
+                loss, _ = run.train_epoch(span, segment, epoch, stream=1 + worker)
+                run.epoch = epoch + 1
+                run.log(f"stage {span.index} round {round_index + 1} worker {worker} (grows P{worker + 1}) "
+                        f"epoch {run.epoch - round_start}/{per_round}: train loss {loss:.4f}")
+                if run.dist is None and run.epoch < round_start + per_round:
+                    run.save()
+            state = run.model.state_dict()
+            run.pgap.contributions[worker] = _clone({k: v for k, v in state.items() if owners[k] == worker})
+            run.pgap.worker = worker + 1
+            run.epoch, run.step = round_start, round_start * spe
+            if run.dist is None:
+                run.save()
+        _merge(run, span, round_index, owners)
+        run.epoch = round_start + per_round
+        run.step = run.epoch * spe
+        run.apply_due_events(span)  # the merge's prune: every partition back to the target
+        if run.dist is not None:
+            check_same_on_all_ranks(run.masks().checksum(), "mask checksum after the P-GaP merge", run.device)
+        run.save()
+    if run.dist is not None and not run.dist.is_main:
+        return  # rank 0 alone fine-tunes the merged model
+    run.train_stage(span)
+
+
+def _start_worker(run: _Run, span: StageSpan, round_index: int, worker: int) -> None:
+    assert run.pgap is not None
+    run.model.load_state_dict(run.pgap.merged)
+    masks = run.masks()
+    masks.load_state_dict(run.pgap.masks)
+    masks.grow_(span.partitions[worker].target_indices)
+    run.masks_changed()
+    seed_everything(derived_seed(run.config.seed, span.index, round_index, worker))
+
+
+def _merge(run: _Run, span: StageSpan, round_index: int, owners: dict[str, int]) -> None:
+    """The round's merged model and masks in ``run``; under torchrun also the round's FLOPs of every rank."""
+    assert run.pgap is not None
+    if run.dist is not None:  # every worker's training counts, as when they run one after another
+        before = run.pgap.train_flops_before
+        round_flops = torch.tensor([run.train_flops - before], dtype=torch.float64)
+        torch.distributed.all_reduce(round_flops)
+        run.train_flops = before + float(round_flops)
+    merged = dict(run.pgap.merged)
+    for contribution in run.pgap.contributions.values():
+        merged.update(contribution)
+    run.model.load_state_dict(merged)
+    if run.dist is not None:
+        sent = broadcast_merge_(run.model.state_dict(), owners, run.dist.rank)
+        run.log(f"stage {span.index} round {round_index + 1} merge: rank {run.dist.rank} sent "
+                f"{sent / 2**20:.2f} MiB (its partition{' and the orphans' if run.dist.rank == 0 else ''})")
+    run.masks().load_state_dict(run.pgap.masks)
+    run.pgap = None
+
+
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
