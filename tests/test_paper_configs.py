@@ -21,6 +21,18 @@ def test_there_is_a_config_per_seed_row():
     assert len([n for n in names if n.startswith("gpmt_wrn28_8")]) == 4
 
 
+@pytest.mark.parametrize("path", [p for p in PAPER if p.stem.startswith("gap_resnet50")], ids=lambda p: p.stem)
+def test_gap_resnet50_configs_use_the_authors_recipe_with_mixup(path):
+    """SGD 0.9, wd 1e-4, label smoothing 0.1, mixup 0.2, cosine, batch 2048 at lr 1.2 (gap-method.md §1.7),
+    the mixup with a comment saying where it comes from and that it is unverified for GaP."""
+    config = load_config(path, check_files=False)
+    assert (config.training.label_smoothing, config.training.mixup_alpha) == (0.1, 0.2)
+    assert (config.optimizer.name, config.optimizer.momentum, config.optimizer.weight_decay) == ("sgd", 0.9, 1e-4)
+    assert (config.lr_schedule.kind, config.data.batch_size, config.optimizer.lr) == ("cosine", 2048, 1.2)
+    text = path.read_text()
+    assert "RigL-reproduction" in text and "unverified for GaP itself" in text and "not implemented" not in text
+
+
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
 def test_plan_needs_neither_data_nor_checkpoints(path, capsys):
     assert main(["plan", str(path)]) == 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,6 +152,11 @@ TrainingStage = TrainStage | GaPStage | GMPStage | DSTStage
 
 class TrainingConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixup_alpha: float | None = Field(
+        None, description="mixup (Zhang et al. 2018) of every training batch, for tasks that implement it "
+        "(classification): lam ~ Beta(alpha, alpha) and a permutation of the batch per step, drawn from the "
+        "training RNG; inputs lam*x + (1-lam)*x[perm], loss lam*CE(y) + (1-lam)*CE(y[perm]), both with "
+        "label_smoothing; evaluation unchanged. null or 0: off; else a finite number > 0")
     grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
     amp: Literal["off", "bf16", "fp16"] = "off"
     eval_every: int = Field(1, ge=1, description="epochs between evaluations (the last epoch always evaluates)")
@@ -171,6 +177,16 @@ class TrainingConfig(_Strict):
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+    @field_validator("mixup_alpha")
+    @classmethod
+    def _mixup_alpha_positive(cls, value: float | None) -> float | None:
+        """0 means off, like null, and is stored as null (so it leaves the fingerprint alone)."""
+        if value is None or value == 0:
+            return None
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError("must be a finite number > 0 (null or 0: off)")
+        return value
 
 
 class DistributedConfig(_Strict):
@@ -266,7 +282,8 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_ADDED_AFTER_0_1 = (("training", "on_nonfinite"), ("training", "max_eval_batches"), ("imports",))
+_ADDED_AFTER_0_1 = (("training", "on_nonfinite"), ("training", "max_eval_batches"), ("imports",),
+                    ("training", "mixup_alpha"))
 """Trajectory-shaping fields newer than 0.1: hashed only when set away from their default."""
 
 

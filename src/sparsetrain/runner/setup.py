@@ -1,9 +1,10 @@
 """What ``run``, ``plan`` and ``eval`` build from a config before anything trains, built in one place.
 
-:func:`build_setup` seeds the RNGs, pins the thread count, builds the task (reading its data, or
-only the facts ``plan`` needs when the task can tell them without the data), the model, its
-targets, and, for ``run`` and ``plan``, the timeline, then runs the pre-flight checks. So the
-three commands cannot disagree on the model, the targets or the layout of a config.
+:func:`build_setup` lets the task refuse options it cannot honour (``Task.check_config``), seeds
+the RNGs, pins the thread count, builds the task (reading its data, or only the facts ``plan``
+needs when the task can tell them without the data), the model, its targets, and, for ``run``
+and ``plan``, the timeline, then runs the pre-flight checks. So the three commands cannot
+disagree on the model, the targets or the layout of a config.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def build_setup(config: RunConfig, *, device: torch.device | None = None, read_d
     naming a dataset that is not on this machine can still be planned. ``load_init`` loads
     ``init.checkpoint`` into the model (``eval`` loads its own checkpoint instead).
     """
+    get_task(config.task.kind).check_config(config)  # options the task cannot honour, before anything is built
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)

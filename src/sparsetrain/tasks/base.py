@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import batching
+from ..errors import UserError
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -51,6 +52,9 @@ class Task:
     DEMO_DESCRIPTION: ClassVar[str] = ""
     """One line under the demo table's title in ``results.md``: what the metric columns are, on what data
     (own body only, like :attr:`DEMO`). Empty: a line built from :attr:`METRIC_LABEL` and :attr:`PRIMARY`."""
+    MIXUP: ClassVar[bool] = False
+    """Whether :meth:`loss` implements ``training.mixup_alpha`` (mixing a batch's inputs and targets);
+    a run of a task without it that sets the option is refused by :meth:`check_config`."""
     collate_fn: Any = None
 
     def __init__(self, config: RunConfig, train_set: Dataset, eval_set: Dataset) -> None:
@@ -63,6 +67,19 @@ class Task:
     def build(cls, config: RunConfig) -> Task:
         """Read the datasets named by ``config.task.dataset``."""
         raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        """Raise a one-line ``UserError`` for a training option this task cannot honour.
+
+        ``run``, ``plan`` and ``eval`` call it before anything is built (:func:`~sparsetrain.runner.setup.build_setup`).
+        The base refuses ``training.mixup_alpha`` unless :attr:`MIXUP` is set; a subclass adding checks
+        calls ``super().check_config(config)``.
+        """
+        alpha = config.training.mixup_alpha
+        if alpha is not None and not cls.MIXUP:
+            raise UserError(f"training.mixup_alpha={alpha}: task {cls.kind!r} cannot mix batches (its loss does "
+                            "not implement mixup; classification does); valid here: null or 0 (off)")
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model (the caller seeds the RNG first)."""

@@ -1,7 +1,18 @@
-"""Image/signal classification: cross-entropy (optionally label-smoothed) and top-1 accuracy.
+"""Image/signal classification: cross-entropy (optionally label-smoothed, optionally with mixup) and
+top-1 accuracy.
 
 Metrics: ``top1`` in percent (0-100, the primary metric, higher is better) and ``loss``, the
-plain cross-entropy (no smoothing) as a mean over examples.
+plain cross-entropy (no smoothing, no mixup) as a mean over examples.
+
+Mixup (``training.mixup_alpha``, Zhang et al. 2018; the GaP authors' ResNet-50 recipe uses 0.2):
+for every training batch, :func:`mixup_draws` takes ``lam ~ Beta(alpha, alpha)`` and a permutation
+``perm`` of the batch from torch's global CPU RNG, the training RNG the runner seeds, checkpoints
+and restores (so a run resumed mid-epoch draws what an uninterrupted one draws). The model sees
+``lam * x + (1 - lam) * x[perm]`` and the loss is
+``lam * CE(logits, y) + (1 - lam) * CE(logits, y[perm])``, both label-smoothed, which equals the
+cross-entropy against the mixed smoothed soft targets. Under data parallelism each rank mixes
+within its own shard of the global batch, with the draws of its own RNG. ``train/loss`` is then
+this mixup loss; evaluation never mixes.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.registry import dataset_facts, load_dataset
+from ..errors import UserError
 from ..models import build_model
 from .base import Task
 from .registry import register_task
@@ -25,6 +37,7 @@ if TYPE_CHECKING:
 class ClassificationTask(Task):
     PRIMARY = ("top1", "max")
     METRIC_LABEL: ClassVar[dict[str, Any]] = {"title": "Top-1 Accuracy", "short": "Top-1", "log": "top-1", "percent": True}
+    MIXUP = True
     DEMO = "../configs/demo"
     """``sparsetrain demo`` (``make demo``): every config is a whole run on the embedded MNIST-1D data
     with the same budget of 20 epochs of training: the dense baseline trains 20 dense epochs; GP and
@@ -75,8 +88,21 @@ class ClassificationTask(Task):
         return nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+        """``(mean label-smoothed cross-entropy of the batch, examples in it)``; with ``training.mixup_alpha``
+        the mixup loss of the module docstring (one :func:`mixup_draws` per call, i.e. per optimizer step)."""
         inputs, labels = batch
-        return self.cross_entropy(model(inputs), labels, self.config.training.label_smoothing), labels.numel()
+        training = self.config.training
+        if training.mixup_alpha is None:
+            return self.cross_entropy(model(inputs), labels, training.label_smoothing), labels.numel()
+        if not torch.is_floating_point(inputs):
+            raise UserError(f"training.mixup_alpha={training.mixup_alpha} mixes inputs, but this dataset's inputs "
+                            f"are {inputs.dtype}; valid: floating-point inputs, or mixup_alpha null")
+        lam, perm = mixup_draws(training.mixup_alpha, labels.shape[0])
+        perm = perm.to(labels.device, non_blocking=True)
+        logits = model(lam * inputs + (1.0 - lam) * inputs[perm])
+        loss = (lam * self.cross_entropy(logits, labels, training.label_smoothing)
+                + (1.0 - lam) * self.cross_entropy(logits, labels[perm], training.label_smoothing))
+        return loss, labels.numel()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
@@ -95,6 +121,15 @@ class ClassificationTask(Task):
             seen += labels.numel()
         model.train(was_training)
         return {"loss": loss_sum / max(seen, 1), "top1": 100.0 * correct / max(seen, 1)}
+
+
+def mixup_draws(alpha: float, batch_size: int) -> tuple[float, torch.Tensor]:
+    """One batch's mixup draws from torch's global CPU RNG, in this order: ``lam``, a float in (0, 1),
+    from ``torch.distributions.Beta(alpha, alpha)`` with float64 concentrations, then
+    ``torch.randperm(batch_size)`` (int64, on the CPU). Nothing else is drawn; no device is touched."""
+    concentration = torch.tensor(float(alpha), dtype=torch.float64)
+    lam = torch.distributions.Beta(concentration, concentration).sample().item()
+    return lam, torch.randperm(batch_size)
 
 
 def _model(config: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
