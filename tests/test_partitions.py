@@ -205,10 +205,12 @@ def test_small_resnet_ownership(small):
     model, targets = small
     parts = partition_targets(targets, "blocks", 3)
     keys = list(model.state_dict())
-    owners = ownership(keys, parts)
+    owners = ownership(keys, parts, model=model)
     assert list(owners) == keys
     assert owners["conv1.weight"] == 0
-    assert owners["bn1.weight"] is None and owners["bn1.running_mean"] is None  # stem BN: orphan
+    # the stem BN follows the stem conv that feeds it (it was an orphan before the model was given)
+    assert owners["bn1.weight"] == owners["bn1.running_mean"] == 0
+    assert ownership(keys, parts)["bn1.weight"] is None  # without the model: block key bn1 has no target
     assert owners["layer1.0.bn1.running_mean"] == 0
     assert owners["layer2.0.downsample.1.num_batches_tracked"] == 1
     assert owners["layer3.1.bn2.bias"] == 2
@@ -217,17 +219,21 @@ def test_small_resnet_ownership(small):
     assert partition_owner("nothing.here", parts) is None
 
 
-def test_split_block_goes_to_the_partition_of_its_last_target():
+def test_split_block_tensors_follow_their_layer_else_the_first_target_of_the_block():
+    # Issue 11: the old rule gave every non-target tensor of a split block to the partition of the
+    # block's *last* target (a.1.x.bias to P3 although a.1.x is in P2); a layer's bias now follows
+    # its weight, and other tensors of the block go to the partition of its first target.
     targets = fake_targets([("a.0.x.weight", 5), ("a.0.y.weight", 5), ("a.1.x.weight", 5), ("a.1.y.weight", 5)])
     parts = partition_targets(targets, "layers", 3)  # [a.0.x, a.0.y] [a.1.x] [a.1.y]
     assert [p.target_indices for p in parts] == [(0, 1), (2,), (3,)]
     assert partition_owner("a.1.x.weight", parts) == 1  # a target is owned by its own partition
-    assert partition_owner("a.1.x.bias", parts) == 2  # last target of block a.1 is in P3
-    assert partition_owner("a.1.norm.weight", parts) == 2
+    assert partition_owner("a.1.x.bias", parts) == 1  # its layer's weight is in P2
+    assert partition_owner("a.1.y.bias", parts) == 2
+    assert partition_owner("a.1.norm.weight", parts) == 1  # no model, no pairing: the block's first target
     assert partition_owner("a.0.norm.weight", parts) == 0
     # also for non-contiguous regex partitions
     parts = partition_targets(targets, [r"\.y\.", r"\.x\."])
-    assert partition_owner("a.1.bn.weight", parts) == 0
+    assert partition_owner("a.1.bn.weight", parts) == 1  # first target of block a.1 (a.1.x) is in P2
     assert partition_owner("a.1.x.weight", parts) == 1
 
 
@@ -274,6 +280,7 @@ def test_transformer_ownership(tfm):
         ["embed.weight", "encoder.layer_norm.weight", "encoder.layer_norm.bias", "decoder.layer_norm.weight",
          "decoder.layer_norm.bias"]
     )
+    assert ownership(model.state_dict().keys(), p3, model=model) == owners  # whole layers: pairing changes nothing
 
 
 # ---- format -----------------------------------------------------------------------------------

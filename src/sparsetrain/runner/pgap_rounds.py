@@ -67,7 +67,7 @@ def train_pgap_stage(run: _Run, span: StageSpan) -> None:
     assert layout is not None
     per_round = layout.epochs_per_step
     spe = run.timeline.steps_per_epoch
-    owners = ownership(list(run.model.state_dict()), span.partitions)
+    owners = ownership(list(run.model.state_dict()), span.partitions, model=run.model)
     owners = {key: 0 if owner is None else owner for key, owner in owners.items()}
     if run.dist is not None and run.dist.world_size != layout.kappa:
         raise UserError(f"P-GaP with kappa={layout.kappa} needs {layout.kappa} processes, got "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..config import LRScheduleConfig, OptimizerConfig, RunConfig
 from ..methods import GaPLayout, Schedule, StageContext, method_for
-from ..sparsity.partitions import Partition
+from ..sparsity.partitions import Partition, split_block_notes
 from ..errors import UserError
 
 
@@ -150,7 +150,8 @@ def _describe_training(span: StageSpan) -> str:
 
 
 def format_plan(timeline: Timeline, config: RunConfig, target_shapes: Sequence[Sequence[int]]) -> str:
-    """Human-readable schedule: stages, epochs, steps, LR, partitions, every mask event and the sparsity after it."""
+    """Human-readable schedule: stages, epochs, steps, LR, partitions (and a note per block a scheme splits
+    between partitions), every mask event and the sparsity after it."""
     lines = [
         f"run {config.name!r}: {timeline.total_epochs} epochs, {timeline.total_steps} optimizer steps "
         f"({timeline.steps_per_epoch} per epoch, batch {config.data.batch_size})",
@@ -173,6 +174,7 @@ def format_plan(timeline: Timeline, config: RunConfig, target_shapes: Sequence[S
             lines += [f"{'':>7}{line}" for line in span.gap.describe()[1]]
         for part in span.partitions:
             lines.append(f"{'':>7}{part.label}")
+        lines += [f"{'':>7}{note}" for note in split_block_notes(span.partitions)]
     lines += ["", "mask events (sparsity over all targets after the event):"]
     for event, after in zip(timeline.schedule.events(), sparsity_after_events(timeline, target_shapes)):
         lines.append(f"  step {event.step:>7} (epoch {event.step // timeline.steps_per_epoch:>3}): "

@@ -17,7 +17,18 @@ from .budgets import (
 )
 from .errors import SparsityError
 from .masks import LayerSparsity, MaskSet
-from .partitions import PRESETS, SCHEMES, Partition, format_partitions, ownership, partition_owner, partition_targets
+from .partitions import (
+    PRESETS,
+    SCHEMES,
+    Partition,
+    format_partitions,
+    norm_feeders,
+    ownership,
+    partition_owner,
+    partition_targets,
+    split_block_notes,
+    split_blocks,
+)
 from .prune import METHODS, prune
 from .random_masks import random_masks
 from .selection import (
@@ -47,9 +58,12 @@ __all__ = [
     "erk_counts",
     "find_threshold",
     "format_partitions",
+    "norm_feeders",
     "ownership",
     "partition_owner",
     "partition_targets",
+    "split_block_notes",
+    "split_blocks",
     "random_masks",
     "global_counts",
     "masks_from_threshold",

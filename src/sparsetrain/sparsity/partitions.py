@@ -39,15 +39,27 @@ Schemes of :func:`partition_targets` (units: "tensors" are targets, "weights" ar
   contiguous; each lists its targets in target order.
 
 Ownership (P-GaP combine, reference §1.4: a machine sends back every parameter of the layers it
-grew, biases and norms included): :func:`partition_owner` gives a target name to the partition
-holding it, and any other parameter or buffer name to the partition holding a target with the
-same block key. If the targets of one block key lie in several partitions (possible with
-``"layers"``, ``"balanced"`` or regexes), such a non-target name goes to the partition holding
-the *last* of them in target order. A name whose block key no target has is an *orphan* (owner
-``None``): with torchvision naming the stem's ``bn1.*`` is an orphan even when ``conv1.weight`` is
-a target (block keys ``bn1`` and ``conv1`` differ), and so are a Transformer's final
-``encoder.layer_norm.*``/``decoder.layer_norm.*`` and its embeddings; the caller decides where
-orphans come from (the reference code keeps their fresh initialisation).
+grew, biases and norms included). :func:`ownership` gives each state-dict key the index of the
+partition whose worker it is merged from, by the first rule that applies:
+
+1. a **target** belongs to its partition;
+2. a **companion** tensor belongs to the owner of the conv/linear ``weight`` it goes with: every
+   other tensor of a conv/linear module (its ``bias``), and, when ``model`` is given, every tensor
+   of a norm module (weight, bias, running_mean, running_var, num_batches_tracked) that a
+   conv/linear *feeds* (see :func:`norm_feeders`: ``layer1.0.bn1`` <- ``layer1.0.conv1``, the stem's
+   ``bn1`` <- ``conv1``, ``downsample.1`` <- ``downsample.0``). Without ``model`` only the tensors
+   of a module holding a target (``fc.bias`` with ``fc.weight``) are companions;
+3. otherwise the tensor belongs to its **enclosing block** (its block key, as the reference copies
+   a whole Transformer layer): the partition holding the *first* target (in target order) with
+   that block key; e.g. a pre-activation block's ``bn1`` (fed by a residual sum, not a conv) or a
+   Transformer layer's attention LayerNorm;
+4. a key whose block key no target has is an **orphan** (owner ``None``), e.g. a Transformer's
+   final ``encoder.layer_norm.*`` and its embeddings, or a dense stem conv and its norm; P-GaP
+   merges orphans from the worker that grows P1 (index 0).
+
+So a norm always shares the owner of the conv that feeds it, even when a scheme puts the convs of
+one block in different partitions (``"layers"``, ``"balanced"`` and regex lists can;
+:func:`split_blocks` lists such blocks and ``plan`` prints them).
 
 Invariants of every result of :func:`partition_targets`: ``len(result) == κ``; ``result[i].index
 == i``; no partition is empty; the ``target_indices`` are ascending, pairwise disjoint and cover
@@ -61,8 +73,10 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from torch import nn
+
 from .errors import SparsityError
-from .targets import Target
+from .targets import NORM_TYPES, Target
 
 SCHEMES: tuple[str, ...] = ("layers", "balanced", "blocks", "stages")
 """The computed schemes; :data:`PRESETS` adds named regex lists."""
@@ -367,10 +381,74 @@ def _preset_groups(names: Sequence[str], patterns: Sequence[str], source: str, k
     return _regex_groups(names, patterns, source)
 
 
-def _owner_map(partitions: Sequence[Partition]) -> tuple[dict[str, int], dict[str, int]]:
-    """(target name -> partition index, block key -> partition of that key's last target)."""
+_FEEDER_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+"""Modules whose output a norm can be paired with (rule 2 of ownership)."""
+
+
+def _out_channels(module: nn.Module) -> int | None:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return None
+
+
+def _norm_channels(module: nn.Module) -> int | None:
+    for attr in ("num_features", "num_channels"):  # BatchNorm/InstanceNorm, GroupNorm
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+    shape = getattr(module, "normalized_shape", None)  # LayerNorm, RMSNorm: channels come first
+    if isinstance(shape, (tuple, list)) and shape and isinstance(shape[0], int):
+        return shape[0]
+    return None
+
+
+def _has_state(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None or next(module.buffers(), None) is not None
+
+
+def norm_feeders(model: nn.Module) -> dict[str, str]:
+    """Module name of every norm module of ``model`` that a conv/linear feeds -> that conv/linear's
+    module name (names as ``model.named_modules()`` gives them).
+
+    The rule is structural, from registration order (no forward pass, so it works for any model,
+    including ones on the meta device): within one parent module, the norm's feeder is the nearest
+    child registered *before* it that has parameters or buffers (stateless children such as ReLU,
+    dropout or pooling are skipped), provided that child is a conv (``nn.Conv*``, including
+    transposed) or ``nn.Linear`` whose output channel count (``out_channels``/``out_features``)
+    equals the norm's (``num_features``, ``num_channels`` or ``normalized_shape[0]``). A norm
+    registered first in its parent, or after another kind of module (a block, an attention
+    module, another norm), has no feeder: e.g. a pre-activation block's ``bn1``, WRN's head
+    ``bn1`` (after ``block3``), a Transformer's ``self_attn_layer_norm``. Norms are the modules of
+    :data:`~.targets.NORM_TYPES` and any module whose class name ends in ``Norm``/``Norm1d``/...
+
+    Limit: registration order does not see residual sums, so a post-norm Transformer layer's
+    ``final_layer_norm`` registered right after ``fc2`` (same width) pairs with ``fc2`` although it
+    normalises ``x + fc2(...)``; both are in one layer, so this matters only if a scheme splits it.
+    """
+    feeders: dict[str, str] = {}
+    for parent_name, parent in model.named_modules():
+        previous: tuple[str, nn.Module] | None = None
+        for child_name, child in parent.named_children():
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if _is_norm(child) and previous is not None:
+                channels = _out_channels(previous[1])
+                if channels is not None and channels == _norm_channels(child):
+                    feeders[name] = previous[0]
+            if _has_state(child):
+                previous = (name, child)
+    return feeders
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, NORM_TYPES) or re.search(r"Norm(\d+d?)?$", type(module).__name__) is not None
+
+
+def _target_partitions(partitions: Sequence[Partition]) -> tuple[dict[str, int], dict[str, int]]:
+    """(target name -> partition index, block key -> partition of that key's first target)."""
     by_name: dict[str, int] = {}
-    last: dict[str, tuple[int, int]] = {}  # block key -> (target index, partition index)
+    first: dict[str, tuple[int, int]] = {}  # block key -> (target index, partition index)
     for part in partitions:
         for t_index, name in zip(part.target_indices, part.target_names):
             if name in by_name:
@@ -380,21 +458,95 @@ def _owner_map(partitions: Sequence[Partition]) -> tuple[dict[str, int], dict[st
                 )
             by_name[name] = part.index
             key = block_key(name)
-            if key not in last or t_index > last[key][0]:
-                last[key] = (t_index, part.index)
-    return by_name, {key: p for key, (_, p) in last.items()}
+            if key not in first or t_index < first[key][0]:
+                first[key] = (t_index, part.index)
+    return by_name, {key: p for key, (_, p) in first.items()}
 
 
-def partition_owner(name: str, partitions: Sequence[Partition]) -> int | None:
-    """Index of the partition that owns parameter/buffer ``name`` in a P-GaP combine, or
-    ``None`` for an orphan (no target with its block key). See the module docstring."""
-    return ownership([name], partitions)[name]
+def _module_path(key: str) -> str:
+    return key.rsplit(".", 1)[0] if "." in key else ""
 
 
-def ownership(state_dict_keys: Iterable[str], partitions: Sequence[Partition]) -> dict[str, int | None]:
-    """:func:`partition_owner` for every key, in the given order."""
-    by_name, by_block = _owner_map(partitions)
-    return {key: by_name[key] if key in by_name else by_block.get(block_key(key)) for key in state_dict_keys}
+def _weight_of(path: str) -> str:
+    return f"{path}.weight" if path else "weight"
+
+
+def partition_owner(name: str, partitions: Sequence[Partition], model: nn.Module | None = None) -> int | None:
+    """Index of the partition that owns parameter/buffer ``name`` in a P-GaP merge, or ``None``
+    for an orphan; :func:`ownership` for one key."""
+    return ownership([name], partitions, model)[name]
+
+
+def ownership(
+    state_dict_keys: Iterable[str], partitions: Sequence[Partition], model: nn.Module | None = None
+) -> dict[str, int | None]:
+    """The owner partition (0-based index) of every key, in the given order; ``None`` for orphans.
+
+    Rules (module docstring, "Ownership"): a target belongs to its partition; a conv/linear's other
+    tensors and, with ``model``, the tensors of the norm its output feeds (:func:`norm_feeders`)
+    share the owner of that conv/linear's ``weight``; any other key belongs to the partition of the
+    first target with its block key, else to no partition. ``model`` must be the module whose
+    state dict gave the keys (same names); pass it, or norms fall back to the block rule.
+    Invariant: with ``model``, every tensor of a fed norm has the owner of its feeder's weight.
+    """
+    by_name, by_block = _target_partitions(partitions)
+    modules: dict[str, nn.Module] = dict(model.named_modules()) if model is not None else {}
+    feeders = norm_feeders(model) if model is not None else {}
+    target_modules = {_module_path(name) for name in by_name}
+
+    def basic(key: str) -> int | None:  # rules 1, 3, 4
+        return by_name[key] if key in by_name else by_block.get(block_key(key))
+
+    def owner(key: str) -> int | None:
+        if key in by_name:
+            return by_name[key]
+        path = _module_path(key)
+        if path in feeders:  # rule 2: a fed norm follows its conv/linear
+            return basic(_weight_of(feeders[path]))
+        if path in target_modules or isinstance(modules.get(path), _FEEDER_TYPES):  # rule 2: a bias
+            return basic(_weight_of(path))
+        return basic(key)
+
+    return {key: owner(key) for key in state_dict_keys}
+
+
+def split_blocks(partitions: Sequence[Partition]) -> list[tuple[str, tuple[tuple[int, tuple[str, ...]], ...]]]:
+    """The blocks (targets with one block key) that lie in more than one partition:
+    ``(block key, ((partition index, target names), ...))``, blocks in order of their first target,
+    and within a block the partitions in order of their first target of it, names in target
+    order. ``"blocks"``, ``"stages"`` and the ResNet/Transformer presets never split a block;
+    ``"layers"``, ``"balanced"`` and regex lists can."""
+    placed = sorted(
+        (t_index, part.index, name)
+        for part in partitions
+        for t_index, name in zip(part.target_indices, part.target_names)
+    )
+    blocks: dict[str, dict[int, list[str]]] = {}  # insertion order = target order
+    for _, p_index, name in placed:
+        blocks.setdefault(block_key(name), {}).setdefault(p_index, []).append(name)
+    return [
+        (key, tuple((p_index, tuple(names)) for p_index, names in groups.items()))
+        for key, groups in blocks.items()
+        if len(groups) > 1
+    ]
+
+
+def split_block_notes(partitions: Sequence[Partition]) -> list[str]:
+    """One line per block :func:`split_blocks` finds, e.g. ``note: P2/P3 split block layer3.0
+    (conv1, conv2 in P2; conv3, downsample.0 in P3)``; target names are shown relative to the
+    block key, without a trailing ``.weight``. Each norm still follows the conv that feeds it."""
+    lines = []
+    for key, groups in split_blocks(partitions):
+        tags = "/".join(f"P{p + 1}" for p, _ in groups)
+        where = "; ".join(f"{', '.join(_short_name(n, key) for n in names)} in P{p + 1}" for p, names in groups)
+        lines.append(f"note: {tags} split block {key} ({where})")
+    return lines
+
+
+def _short_name(name: str, key: str) -> str:
+    """``name`` relative to block key ``key``, without a trailing ``.weight``."""
+    rest = name[len(key) + 1:] if key and name.startswith(key + ".") else name
+    return rest.removesuffix(".weight")
 
 
 def format_partitions(partitions: Sequence[Partition], targets: Sequence[Target]) -> str:
