@@ -39,6 +39,10 @@ STAGES = {  # one short run per method (and per one-shot budget)
     "rigl": [{"kind": "rigl", "sparsity": 0.8, "epochs": 2, "update_every": 2, "distribution": "uniform"}],
     "sgap": [{"kind": "sgap", "sparsity": 0.8, "partitions": PARTS, "epochs_per_step": 1, "finetune_epochs": 1}],
     "pgap": [{"kind": "pgap", "sparsity": 0.8, "partitions": PARTS, "epochs_per_step": 1, "finetune_epochs": 1}],
+    # GaP without its own fine-tuning epochs, followed by the plain finetune stage the other rows use
+    **{f"{kind}-then-finetune": [{"kind": kind, "sparsity": 0.8, "partitions": PARTS, "epochs_per_step": 1,
+                                  "finetune_epochs": 0}, {"kind": "finetune", "epochs": 1}]
+       for kind in ("sgap", "pgap")},
 }
 
 

@@ -58,6 +58,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of seeds, e.g. 0,1,2") from None
+    if min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds must be distinct integers >= 0, e.g. 0,1,2")
+    return seeds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sparsetrain",
@@ -127,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default=None, help="directory of demo configs (default: the task's own)")
     p.add_argument("--fresh", action="store_true",
                    help="rerun every config (default: keep runs finished under the same config, resume stopped ones)")
+    p.add_argument("--seeds", type=_seed_list, default=None, metavar="S,S,...",
+                   help="run every config once per seed into OUT/seed<S>/ and write the table as mean ± std over "
+                   "the seeds (default: each config's own seed, once)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="runs at a time, in worker processes (each run pins its own threads; default %(default)s)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every demo config")
 
     commands.add_parser(
@@ -182,6 +197,8 @@ def _plan(args: argparse.Namespace) -> int:
     setup = build_setup(config, read_data=False, load_init=False)
     timeline, num_train = setup.timeline, setup.num_train
     print(format_plan(timeline, config, [t.shape for t in setup.targets]))
+    for name, why in setup.kept_dense:
+        print(f"kept dense: {name} ({why})")
     flops = target_forward_flops(setup.model, setup.targets, setup.example_input)
     epochs = sum(span.epochs + ((span.gap.kappa - 1) * span.gap.gap_epochs if trains_with_workers(span.kind) else 0)
                  for span in timeline.stages)
@@ -255,7 +272,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demos
 
     run_demos(args.task, out_dir=args.out, config_dir=args.configs, overrides=args.overrides, fresh=args.fresh,
-              imports=args.imports)
+              imports=args.imports, seeds=args.seeds, jobs=args.jobs)
     return 0
 
 

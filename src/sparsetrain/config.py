@@ -205,8 +205,15 @@ class DistributedConfig(_Strict):
 
 
 class TargetsConfig(_Strict):
+    """Which weights a run sparsifies: ``include``/``exclude`` select, then ``dense_first``/``dense_last``
+    keep the first and the last selected weight (in parameter order: the stem and the classifier of the
+    models here) dense. The RigL/NVIDIA convention GaP follows keeps the stem dense under uniform
+    budgets; the classifier is an explicit choice. Methods compared in one table get the same targets."""
+
     include: list[str] | None = Field(None, description="module types as 'nn.Linear' or parameter-name regexes")
     exclude: list[str] | None = None
+    dense_first: bool = Field(False, description="keep the first selected weight (the stem conv) dense")
+    dense_last: bool = Field(False, description="keep the last selected weight (the classifier) dense")
 
 
 class InitConfig(_Strict):
@@ -283,6 +290,7 @@ class RunConfig(_Strict):
 
 
 _ADDED_AFTER_0_1 = (("training", "on_nonfinite"), ("training", "max_eval_batches"), ("imports",),
+                    ("targets", "dense_first"), ("targets", "dense_last"),
                     ("training", "mixup_alpha"))
 """Trajectory-shaping fields newer than 0.1: hashed only when set away from their default."""
 

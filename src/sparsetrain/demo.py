@@ -116,12 +116,14 @@ class DemoResult:
 
 @dataclass
 class _Prepared:
-    """One demo, checked and planned, nothing trained yet: ``plans[stem]`` is (action, why)."""
+    """One demo, checked and planned, nothing trained yet: ``plans[stem]`` is (action, why);
+    ``sources[stem]`` the config file and overrides ``configs[stem]`` was loaded from."""
 
     task: type[Task]
     configs: dict[str, RunConfig]
     plans: dict[str, tuple[str, str]]
     results_file: Path
+    sources: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
 
 def _what_to_do(config: RunConfig, fresh: bool) -> tuple[str, str]:
@@ -167,7 +169,8 @@ def _prepare(task: type[Task], out_dir: str | Path, config_dir: str | Path | Non
     if not paths:
         raise UserError(f"demo config directory {str(config_dir)!r} holds no *.yaml file")
     out = Path(out_dir)
-    configs = {p.stem: load_config(p, [*overrides, f"output_dir={out / p.stem}"]) for p in paths}
+    sources = {p.stem: (str(p), [*overrides, f"output_dir={out / p.stem}"]) for p in paths}
+    configs = {stem: load_config(path, given) for stem, (path, given) in sources.items()}
     for path in paths:
         kind = configs[path.stem].task.kind
         if kind != task.kind:
@@ -176,7 +179,35 @@ def _prepare(task: type[Task], out_dir: str | Path, config_dir: str | Path | Non
     results_file = out / "results.md"
     _check_results_file(results_file)
     plans = {stem: _what_to_do(config, fresh) for stem, config in configs.items()}
-    return _Prepared(task, configs, plans, results_file)
+    return _Prepared(task, configs, plans, results_file, sources)
+
+
+def _train_in_child(path: str, overrides: list[str], action: str, prefix: str) -> None:
+    """One demo run in a worker process of ``--jobs`` (log lines prefixed with the run's name)."""
+    config = load_config(path, overrides)
+
+    def log(line: str) -> None:
+        print(f"{prefix}{line}", flush=True)
+
+    run(config, resume=action == "resume", log=log, overwrite=action == "rerun")
+
+
+def _train_in_parallel(demos: Sequence[_Prepared], jobs: int, log: Callable[[str], None]) -> None:
+    """Every run of ``demos`` that is not kept, ``jobs`` at a time in worker processes (spawned: a fork
+    of a process that has run torch can deadlock). Each run pins its own thread count."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pending = [(demo, stem) for demo in demos for stem in demo.configs if demo.plans[stem][0] != "keep"]
+    log(f"== {len(pending)} run(s), {jobs} at a time")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_in_child, *demo.sources[stem], demo.plans[stem][0],
+                               f"   [{demo.configs[stem].run_dir()}] ") for demo, stem in pending]
+        for future in futures:
+            future.result()  # a failed run raises here, after the others have finished
+    for demo in demos:  # what was trained is now a finished run to read, like a kept one
+        demo.plans = {stem: ("trained", "") if action != "keep" else (action, why)
+                      for stem, (action, why) in demo.plans.items()}
 
 
 def _run_prepared(demo: _Prepared, log: Callable[[str], None]) -> DemoResult:
@@ -201,6 +232,8 @@ def _run_prepared(demo: _Prepared, log: Callable[[str], None]) -> DemoResult:
         if action == "keep":
             sub_log(f"finished earlier under the same config: kept {run_dir} (--fresh reruns it)")
             kept.append(stem)
+        elif action == "trained":
+            sub_log(f"trained by a worker process: {run_dir}")
         elif action == "resume":
             sub_log(f"stopped earlier under the same config: resuming {run_dir}")
             results[stem] = run(config, resume=True, log=sub_log)
@@ -252,10 +285,16 @@ def run_demos(
     log: Callable[[str], None] = print,
     fresh: bool = False,
     imports: Sequence[str] = (),
+    seeds: Sequence[int] | None = None,
+    jobs: int = 1,
 ) -> dict[str, DemoResult]:
     """The demo of task ``task``, or of every registered task with a demo for ``task="all"``, each into
     :func:`task_out_dir` (``out_dir`` for the default task, ``out_dir/<kind>`` for the others).
 
+    ``seeds``: run every config once per seed (``seed=S`` override) into ``seed<S>/`` under the task's
+    directory, and write the table of mean ± std over the seeds to its ``results.md``
+    (:func:`seed_table`); None runs each config once with its own seed. ``jobs`` runs that many
+    runs at a time in worker processes (each pins its own ``threads``).
     ``imports`` are modules imported first (a task of your own registers itself on import).
     ``config_dir`` replaces the demo's configs of one task (not with ``all``). A task that is not
     registered or has no demo raises a one-line ``UserError`` naming the valid ones. Every demo's
@@ -275,14 +314,70 @@ def run_demos(
         raise UserError(f"--task {task!r} declares no demo (Task.DEMO); valid: {valid}, or give --configs DIR")
     else:
         kinds = [task]
-    prepared = {kind: _prepare(get_task(kind), task_out_dir(out_dir, kind), config_dir, overrides, fresh)
-                for kind in kinds}
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs} must be at least 1")
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0):
+        raise UserError(f"--seeds {','.join(map(str, seeds))} must be distinct integers >= 0, e.g. 0,1,2")
+    per_seed: dict[str, list[tuple[int | None, _Prepared]]] = {}
+    for kind in kinds:
+        out = task_out_dir(out_dir, kind)
+        if seeds is None:
+            per_seed[kind] = [(None, _prepare(get_task(kind), out, config_dir, overrides, fresh))]
+        else:
+            _check_results_file(out / "results.md")
+            per_seed[kind] = [(seed, _prepare(get_task(kind), out / f"seed{seed}", config_dir,
+                                              [*overrides, f"seed={seed}"], fresh)) for seed in seeds]
+    if jobs > 1:
+        _train_in_parallel([demo for demos in per_seed.values() for _, demo in demos], jobs, log)
     results = {}
-    for kind, demo in prepared.items():
-        if len(prepared) > 1:
-            log(f"### task {kind}: {demo.results_file.parent}")
-        results[kind] = _run_prepared(demo, log)
+    for kind, demos in per_seed.items():
+        if len(per_seed) > 1:
+            log(f"### task {kind}: {task_out_dir(out_dir, kind)}")
+        for seed, demo in demos:
+            if seed is not None:
+                log(f"## seed {seed}")
+            results[kind] = _run_prepared(demo, log)
+        if seeds is not None:
+            table = seed_table(get_task(kind), [demo for _, demo in demos], seeds)
+            results_file = task_out_dir(out_dir, kind) / "results.md"
+            atomic_write(results_file, f"{RESULTS_TITLE}\n\n{demo_description(get_task(kind))}\n\n"
+                         f"Mean ± sample std over seeds {', '.join(map(str, seeds))}; per-seed tables and runs "
+                         f"in seed<S>/.\n\n{table}\n")
+            log(f"\n{table}\n\nresults over {len(seeds)} seeds: {results_file}")
+            results[kind] = DemoResult(table, results[kind].results, results_file, results[kind].kept)
     return results
+
+
+def seed_table(task: type[Task], demos: Sequence[_Prepared], seeds: Sequence[int]) -> str:
+    """The demo table with each row's final and best primary metric as mean ± sample std over ``seeds``
+    (``demos[i]`` ran seed ``seeds[i]``), the per-seed final values, and the mean measured sparsity."""
+    import statistics
+
+    primary = task.primary()
+    key, percent = primary["key"], primary.get("percent")
+    digits = 2 if percent else 4
+
+    def stat(values: list[float]) -> str:
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f}"
+
+    rows = []
+    for stem in demos[0].configs:
+        records = [load_run(demo.configs[stem].run_dir(), primary) for demo in demos]
+        summaries = [r.summary or {} for r in records]
+        final = [float(s["final"][key]) for s in summaries]
+        best = [float(s["best"][key]) for s in summaries]
+        row = method_row(records[0])
+        measured = [float(s["sparsity"]) for s in summaries]
+        rows.append({
+            **{column: row[column] for column in ("Model", "Method", "Partition", "Sparsity Ratio",
+                                                  "Sparsity Distribution")},
+            f"{primary['title']} (mean ± std, {len(seeds)} seeds)": stat(final),
+            f"Best {primary['short']} (mean ± std)": stat(best),
+            f"per seed ({', '.join(map(str, seeds))})": ", ".join(f"{v:.{digits - 1}f}" for v in final),
+            "Measured Sparsity": f"{statistics.fmean(measured):.4f}",
+        })
+    return markdown_table(rows, list(rows[0]))
 
 
 def _layer_table(run_dir: Path) -> str:

@@ -54,7 +54,8 @@ class GaPStage(StrictModel):
     epochs_per_step: int = Field(ge=1, description="T: epochs each grown partition trains")
     rounds: int = Field(1, ge=1, description="R: S-GaP grows every partition R times after the first step; "
                         "P-GaP runs R parallel rounds")
-    finetune_epochs: int = Field(ge=1, description="F: epochs with all masks fixed at the end")
+    finetune_epochs: int = Field(ge=0, description="F: epochs with all masks fixed at the end (0: none; e.g. a "
+                                 "'finetune' stage follows, the same one the rows GaP is compared with use)")
     grow_order: Literal["cyclic", "random"] = "cyclic"
     distribution: Literal["uniform", "non-uniform", "erk"] = Field(
         "uniform", description="uniform: every tensor at sparsity; non-uniform: global magnitude within the "
@@ -116,8 +117,9 @@ class GaPLayout:
             steps = [(f"round {r + 1}: {self.kappa} workers", list(range(self.kappa))) for r in range(self.rounds)]
         phases = [{"start_epoch": start_epoch + k * self.epochs_per_step, "epochs": self.epochs_per_step,
                    "label": label, "grow": grow} for k, (label, grow) in enumerate(steps)]
-        phases.append({"start_epoch": start_epoch + self.gap_epochs, "epochs": self.finetune_epochs,
-                       "label": "finetune", "grow": []})
+        if self.finetune_epochs:
+            phases.append({"start_epoch": start_epoch + self.gap_epochs, "epochs": self.finetune_epochs,
+                           "label": "finetune", "grow": []})
         return phases
 
     def describe(self) -> tuple[str, list[str]]:
@@ -243,7 +245,8 @@ def layout(stage: GaPStage, ctx: StageContext) -> StageLayout:
         return StageLayout(gap.epochs, ((0, gap.epochs),), gap)
     steps = gap.gap_epochs // gap.epochs_per_step
     segments = [(k * gap.epochs_per_step, gap.epochs_per_step) for k in range(steps)]
-    return StageLayout(gap.epochs, (*segments, (gap.gap_epochs, gap.finetune_epochs)), gap)
+    tail = ((gap.gap_epochs, gap.finetune_epochs),) if gap.finetune_epochs else ()
+    return StageLayout(gap.epochs, (*segments, *tail), gap)
 
 
 def configured_kappa(partitions: PartitionConfig) -> int | None:

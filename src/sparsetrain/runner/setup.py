@@ -48,6 +48,8 @@ class RunSetup:
     steps_per_epoch: int
     timeline: Timeline | None
     model_numel: int
+    kept_dense: list[tuple[str, str]]
+    """``(weight name, why)`` of each selected weight the config keeps dense (``targets.dense_first/last``)."""
 
 
 def build_setup(config: RunConfig, *, device: torch.device | None = None, read_data: bool = True,
@@ -75,12 +77,28 @@ def build_setup(config: RunConfig, *, device: torch.device | None = None, read_d
         model = model.to(device)
     if load_init and config.init.checkpoint:
         load_model_weights(model, config.init.checkpoint)
-    targets = select_targets(model, parse_selectors(config.targets.include), parse_selectors(config.targets.exclude))
+    targets, kept_dense = config_targets(model, config)
     timeline = None
     if lay_out:
         timeline = resolve_timeline(config, targets, num_train, spe)
         check_run(config, targets, timeline)  # what can be refused without data, before any epoch
-    return RunSetup(config, task, model, targets, example, num_train, spe, timeline, parameter_count(model))
+    return RunSetup(config, task, model, targets, example, num_train, spe, timeline, parameter_count(model),
+                    kept_dense)
+
+
+def config_targets(model: nn.Module, config: RunConfig) -> tuple[list[Target], list[tuple[str, str]]]:
+    """The targets of ``config`` and the ``(name, why)`` of each selected weight kept dense instead."""
+    selected = select_targets(model, parse_selectors(config.targets.include), parse_selectors(config.targets.exclude))
+    ends = [(0, "dense_first", "the first target")] if config.targets.dense_first else []
+    if config.targets.dense_last:
+        ends.append((len(selected) - 1, "dense_last", "the last target"))
+    drop = {index for index, _, _ in ends}
+    if len(selected) - len(drop) < 1:
+        raise UserError(f"targets.dense_first/dense_last leave no target: the selection has {len(selected)} "
+                        f"weight(s) ({', '.join(t.name for t in selected)})")
+    kept_dense = [(selected[i].name, f"targets.{key}: {what}") for i, key, what in ends]
+    targets = [t for i, t in enumerate(selected) if i not in drop]
+    return targets, kept_dense
 
 
 def resolve_timeline(config: RunConfig, targets: list[Target], num_train_examples: int,

@@ -144,6 +144,7 @@ class _Run:
         assert setup.task is not None and setup.timeline is not None
         self.task, self.model, self.targets, self.timeline = setup.task, setup.model, setup.targets, setup.timeline
         self.model_numel = setup.model_numel
+        self.kept_dense = setup.kept_dense
         self.forward_flops = target_forward_flops(self.model, self.targets, setup.example_input)
         self.schedule = tuple(self.timeline.schedule.events())  # every mask event of the run, in order
         self.dist: DistContext | None = None
@@ -530,6 +531,10 @@ class _Run:
                 self.stage_index += 1
             if last or stage_epoch % training.checkpoint_every == 0:
                 self.save()
+        if self.stage_index == span.index:  # no epoch was left to train here (P-GaP without fine-tuning epochs)
+            self.apply_due_events(span)
+            self.stage_index += 1
+            self.save()
 
     def setup_data_parallel(self) -> None:
         """Under torchrun without a P-GaP stage: wrap the model in DistributedDataParallel."""
@@ -673,8 +678,9 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
         state.restore()
     elif state.is_main:
         atomic_write(state.dir / "config.yaml", dump_config(config))
-        atomic_write(state.dir / TIMELINE_FILE, json.dumps(
-            timeline_record(state.timeline, config, [t.shape for t in state.targets]), indent=2) + "\n")
+        record = timeline_record(state.timeline, config, [t.shape for t in state.targets])
+        record["kept_dense"] = [{"name": name, "why": why} for name, why in state.kept_dense]
+        atomic_write(state.dir / TIMELINE_FILE, json.dumps(record, indent=2) + "\n")
         for name in ("metrics.jsonl", "events.jsonl"):
             atomic_write(state.dir / name, "")
     try:
