@@ -611,6 +611,11 @@ CASES: list[Case] = [
               "stages.2.lr_schedule={speed: 2}", r"unknown key 'stages.2.lr_schedule.speed'"),
 
     # ---- training ------------------------------------------------------------------------------
+    _override("targets-dense-ends-leave-nothing", "dense_first and dense_last on a model with two targets",
+              ("targets.dense_first=true", "targets.dense_last=true"),
+              r"targets.dense_first/dense_last leave no target: the selection has 2 weight\(s\)", command=PLAN),
+    _override("mixup-negative", "mixup alpha -1", "training.mixup_alpha=-1",
+              r"training.mixup_alpha=-1: must be a finite number > 0"),
     _override("label-smoothing-negative", "label smoothing -0.1", "training.label_smoothing=-0.1",
               r"training.label_smoothing=-0.1: Input should be greater than or equal to 0"),
     _override("grad-clip-negative", "grad_clip -1", "training.grad_clip=-1",
@@ -686,8 +691,9 @@ CASES: list[Case] = [
               "finetune_epochs: 1}", r"missing key 'stages.1.epochs_per_step'"),
     _override("sgap-epochs-per-step-zero", "sgap with epochs_per_step 0", "stages.1={kind: sgap, sparsity: 0.5, "
               "epochs_per_step: 0, finetune_epochs: 1}", r"stages.1.epochs_per_step=0: Input should be greater than or equal to 1"),
-    _override("sgap-finetune-zero", "sgap with finetune_epochs 0", "stages.1={kind: sgap, sparsity: 0.5, "
-              "epochs_per_step: 1, finetune_epochs: 0}", r"stages.1.finetune_epochs=0: Input should be greater than or equal to 1"),
+    _override("sgap-finetune-negative", "sgap with finetune_epochs -1 (0 is allowed: a finetune stage may follow)",
+              "stages.1={kind: sgap, sparsity: 0.5, epochs_per_step: 1, finetune_epochs: -1}",
+              r"stages.1.finetune_epochs=-1: Input should be greater than or equal to 0"),
     _override("sgap-mask-seed-negative", "sgap with mask_seed -1", "stages.1={kind: sgap, sparsity: 0.5, "
               "epochs_per_step: 1, finetune_epochs: 1, mask_seed: -1}", r"stages.1.mask_seed=-1"),
     _override("sgap-scheme-empty-list", "partition scheme as an empty regex list", "stages.1={kind: sgap, "
@@ -981,6 +987,10 @@ CASES: list[Case] = [
        r".*'.*out.*'.*(file|not a directory)", setup=write("out", NOTES), after=unchanged("out", NOTES)),
     _c("demo-bad-override", "cli", "demo with an invalid override", ("demo", "--out", "{tmp}/out", "seed=-3"),
        r"seed=-3", after=absent("out")),
+    _c("demo-seeds-repeated", "cli", "demo --seeds with a repeated seed", ("demo", "--out", "{tmp}/out", "--seeds",
+       "0,0"), r"argument --seeds: '0,0': seeds must be distinct integers >= 0", after=absent("out")),
+    _c("demo-jobs-zero", "cli", "demo --jobs 0", ("demo", "--out", "{tmp}/out", "--jobs", "0"),
+       r"--jobs 0 must be at least 1", after=absent("out")),
 
     # ---- run directories -----------------------------------------------------------------------
     _c("run-dir-foreign", "run-dir", "output_dir holding the user's files", RUN, r"output directory '.*run' holds "

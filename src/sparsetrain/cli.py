@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(--task: another task's demo)",
         description="Run every config of a task's demo through the runner and write one table to "
         "OUT/results.md, with one run directory per config. The default, --task classification (what make demo "
-        "runs), is the packaged demo on embedded MNIST-1D with the same 20-epoch budget each: dense; GP, GPMT, "
+        "runs with --seeds 0,1,2 --jobs 2), is the packaged demo on embedded MNIST-1D with the same 34-epoch budget "
+        "and the same targets (stem and classifier dense) each: dense; GP, GPMT, "
         "S-GaP uniform, S-GaP non-uniform and P-GaP uniform, each at sparsity 0.8 and 0.9 (GaP with kappa 4), "
         "in the GaP paper's format. --task KIND runs the demo that task KIND declares (Task.DEMO) and --task all "
         "the demo of every registered task that has one; classification writes into OUT itself, any other task "
