@@ -66,9 +66,11 @@ def single_segment(epochs: int) -> StageLayout:
 
 
 def distribution_cell(stage: Mapping[str, Any]) -> str:
-    """The report's Sparsity Distribution cell: the stage's ``distribution``, capitalised, or ``-``."""
+    """The report's Sparsity Distribution cell: the stage's ``distribution``, capitalised (``erk``: ERK), or ``-``."""
     distribution = stage.get("distribution")
-    return str(distribution).capitalize() if distribution else "-"
+    if not distribution:
+        return "-"
+    return "ERK" if distribution == "erk" else str(distribution).capitalize()
 
 
 def kind_cell(stage: Mapping[str, Any], labels: Mapping[str, str]) -> str:

@@ -44,7 +44,7 @@ class ClassificationTask(Task):
     conv/linear weight but the stem conv and the classifier, ``targets.dense_first/dense_last``): the
     dense baseline trains 34 dense epochs; GP and GPMT at 0.8 and 0.9 train 26 dense epochs (identical
     across rows: same seed and settings), prune once and fine-tune 8 epochs at lr 0.02 with the masks
-    fixed; S-GaP (kappa 4, uniform and non-uniform) runs R = 3 rounds, 13 steps of T = 2 epochs from
+    fixed; S-GaP (kappa 4, uniform, non-uniform and ERK) runs R = 3 rounds, 13 steps of T = 2 epochs from
     a random init, then F = 8 fine-tuning epochs (F = 4T, the reference's proportion), under one
     cosine schedule; P-GaP (kappa 4) runs 3 rounds of 4 workers x 2 epochs (24 worker-epochs) and
     fine-tunes 10.
