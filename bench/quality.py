@@ -19,13 +19,15 @@ conv and the classifier stay dense for every method (the fairness rule of issue 
 Methods at the equal-epoch budget E (default 34; E = 34 gives exactly the demo's configs):
 * dense: E epochs;
 * GP and GPMT (prune from dense): round(26E/34) dense epochs, one-shot global magnitude prune (GPMT
-  with the per-layer floor MT below), then the rest fine-tuning at lr 0.02 (26 + 8 at E = 34);
+  with the per-layer floor MT below), then the rest in the fine-tuning stage every sparse row of the
+  demo shares (a fresh optimizer and cosine from lr 0.1; 26 + 8 at E = 34);
 * GMP: one gmp stage of E epochs (cubic, pruning ends at 75% of it);
 * RigL: one rigl stage of E epochs from ERK random masks, drop-and-grow every 50 steps;
-* S-GaP (uniform, kappa 4 ``layers``, R = 3, ``reset_optimizer: false``: one cosine over the stage):
-  13 steps of T = max(1, round(2E/34)) epochs, then F = E - 13T fine-tuning epochs (2 and 8 at 34);
-* P-GaP (uniform, kappa 4 ``layers``, R = 3): 4 workers x 3 rounds x T epochs, counted one by one,
-  then F = E - 12T (2 and 10 at 34), each round and the fine-tuning with a fresh schedule (the demo's).
+* S-GaP (uniform, kappa 4 ``layers``, R = 3, ``reset_optimizer: false``: one cosine from lr 0.05 over
+  the steps): 13 steps of T = max(1, round(2E/34)) epochs, then the shared fine-tuning stage of
+  F = E - 13T epochs (2 and 8 at 34);
+* P-GaP (uniform, kappa 4 ``layers``, R = 3, workers at lr 0.05): 4 workers x 3 rounds x T epochs,
+  counted one by one, then the shared fine-tuning stage of F = E - 12T epochs (2 and 10 at 34).
 Optional (``--methods``): random and magnitude (one-shot, like GP), SET, S-GaP non-uniform and ERK.
 GPMT's MT is 1% (the demo's) where the floors fit in the budget (8 target layers x floor <= weights
 kept), else the MT whose floor is half the average number of weights a layer keeps (0.95: 0.31%).
@@ -83,8 +85,8 @@ ONESHOT = {"random": "random", "magnitude": "uniform", "gp": "gp", "gpmt": "gpmt
 
 # The demo's regime at E = 34 (src/sparsetrain/configs/demo/*.yaml).
 BASE_EPOCHS = 34
-ONESHOT_DENSE = 26  # then 8 fine-tuning epochs at FINETUNE_LR
-FINETUNE_LR = 0.02
+ONESHOT_DENSE = 26  # then 8 epochs of the shared fine-tuning stage
+GAP_LR = 0.05  # peak LR of the GaP steps (the fine-tuning stage after them uses the run's 0.1)
 GAP_KAPPA, GAP_ROUNDS, GAP_STEP = 4, 3, 2  # S-GaP: 13 steps x 2 + F 8; P-GaP: 12 worker-steps x 2 + F 10
 DST_UPDATE_EVERY = 50
 TARGET_WEIGHTS = 6_784  # small_resnet width 8 on MNIST-1D, stem and classifier dense: 8 target tensors
@@ -144,13 +146,20 @@ def gap_step_epochs(epochs: int, steps: int) -> tuple[int, int]:
     return step, epochs - steps * step
 
 
-def sgap_stage(sparsity: float, distribution: str = "uniform", *, scheme: str = "layers", kappa: int = GAP_KAPPA,
-               T: int, R: int = GAP_ROUNDS, F: int, order: str = "cyclic", reset: bool = False,
-               init: str = "random") -> dict:
-    """One S-GaP stage; the comparisons and the ablations both build theirs here (so their shared run is one)."""
-    return {"kind": "sgap", "sparsity": sparsity, "partitions": {"scheme": scheme, "kappa": kappa},
-            "distribution": distribution, "epochs_per_step": T, "rounds": R, "finetune_epochs": F,
-            "grow_order": order, "reset_optimizer": reset, "init": init}
+def finetune_stage(epochs: int) -> dict:
+    """The fine-tuning stage every sparse row shares: masks fixed, a fresh optimizer and cosine at the run's LR."""
+    return {"kind": "finetune", "epochs": epochs}
+
+
+def sgap_stages(sparsity: float, distribution: str = "uniform", *, scheme: str = "layers", kappa: int = GAP_KAPPA,
+                T: int, R: int = GAP_ROUNDS, F: int, order: str = "cyclic", reset: bool = False,
+                init: str = "random") -> list[dict]:
+    """One S-GaP stage and the shared fine-tuning stage of F epochs; the comparisons and the ablations both
+    build theirs here (so their shared run is one)."""
+    return [{"kind": "sgap", "sparsity": sparsity, "partitions": {"scheme": scheme, "kappa": kappa},
+             "distribution": distribution, "epochs_per_step": T, "rounds": R, "finetune_epochs": 0,
+             "grow_order": order, "reset_optimizer": reset, "init": init, "optimizer": {"lr": GAP_LR}},
+            finetune_stage(F)]
 
 
 def stages(method: str, s: float, epochs: int) -> list[dict]:
@@ -164,28 +173,28 @@ def stages(method: str, s: float, epochs: int) -> list[dict]:
         prune = {"kind": "prune", "sparsity": s, "method": ONESHOT[method]}
         if method == "gpmt":
             prune["min_threshold"] = gpmt_min_threshold(s)
-        return [{"kind": "dense", "epochs": dense}, prune,
-                {"kind": "finetune", "epochs": epochs - dense, "optimizer": {"lr": FINETUNE_LR}}]
+        return [{"kind": "dense", "epochs": dense}, prune, finetune_stage(epochs - dense)]
     if method == "gmp":
         return [{"kind": "gmp", "sparsity": s, "epochs": epochs}]
     if method in ("set", "rigl"):
         return [{"kind": method, "sparsity": s, "epochs": epochs, "update_every": DST_UPDATE_EVERY}]
     if method in SGAP_DISTRIBUTIONS:
         T, F = gap_step_epochs(epochs, 1 + GAP_KAPPA * GAP_ROUNDS)
-        return [sgap_stage(s, SGAP_DISTRIBUTIONS[method], T=T, F=F)]
+        return sgap_stages(s, SGAP_DISTRIBUTIONS[method], T=T, F=F)
     if method == "pgap":
         T, F = gap_step_epochs(epochs, GAP_KAPPA * GAP_ROUNDS)
         return [{"kind": "pgap", "sparsity": s, "partitions": {"scheme": "layers", "kappa": GAP_KAPPA},
-                 "distribution": "uniform", "epochs_per_step": T, "rounds": GAP_ROUNDS, "finetune_epochs": F}]
+                 "distribution": "uniform", "epochs_per_step": T, "rounds": GAP_ROUNDS, "finetune_epochs": 0,
+                 "optimizer": {"lr": GAP_LR}}, finetune_stage(F)]
     raise ValueError(f"unknown method {method!r}")
 
 
 def ablation_stages(change: dict[str, Any]) -> tuple[list[dict], int]:
     """The ablation base with ``change`` applied, and its epochs ((1 + kappa R) T + F)."""
     c = ABLATION_BASE | change
-    stage = sgap_stage(ABLATION_SPARSITY, scheme=c["scheme"], kappa=c["kappa"], T=c["T"], R=c["R"], F=c["F"],
-                       order=c["order"], reset=c["reset"], init=c["init"])
-    return [stage], (1 + c["kappa"] * c["R"]) * c["T"] + c["F"]
+    stage_list = sgap_stages(ABLATION_SPARSITY, scheme=c["scheme"], kappa=c["kappa"], T=c["T"], R=c["R"], F=c["F"],
+                             order=c["order"], reset=c["reset"], init=c["init"])
+    return stage_list, (1 + c["kappa"] * c["R"]) * c["T"] + c["F"]
 
 
 def base_config(smoke: bool) -> dict:
