@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The demo table: every config of configs/demo/ for seeds 0, 1, 2, two runs at a time (about 7 minutes).
+# The demo table: every config of configs/demo/ for seeds 0, 1, 2, two runs at a time (about 6 minutes).
 demo: $(STAMP)
 	$(BIN)/sparsetrain demo --seeds 0,1,2 --jobs 2
 
