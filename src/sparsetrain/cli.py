@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/results.md, with one run directory per config. The default, --task classification (what make demo "
         "runs with --seeds 0,1,2 --jobs 2), is the packaged demo on embedded MNIST-1D with the same 34-epoch budget "
         "and the same targets (stem and classifier dense) each: dense; GP, GPMT, "
-        "S-GaP uniform, S-GaP non-uniform and P-GaP uniform, each at sparsity 0.8 and 0.9 (GaP with kappa 4), "
+        "S-GaP uniform, S-GaP non-uniform, S-GaP ERK and P-GaP uniform, each at sparsity 0.8 and 0.9 (GaP with kappa 4), "
         "in the GaP paper's format. --task KIND runs the demo that task KIND declares (Task.DEMO) and --task all "
         "the demo of every registered task that has one; classification writes into OUT itself, any other task "
         "into OUT/KIND. --configs runs another directory's *.yaml instead, under the chosen task.")
