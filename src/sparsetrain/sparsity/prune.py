@@ -12,6 +12,10 @@ Methods (see ``budgets`` for the exact definitions):
 - ``"random"``: every target at ``sparsity``, positions drawn with ``seed`` (the sanity floor).
 
 Exactly the budgeted number of weights is pruned; ties are broken by position.
+
+``pattern`` (``"N:M"`` or ``"RxC"`` blocks, see ``patterns``) makes the pruning structured; it
+works with ``gp`` and ``uniform`` (and ``erk`` for blocks). With ``"N:M"`` ``sparsity`` may be
+omitted (it is ``1 - N/M``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import nn
 from . import budgets
 from .errors import SparsityError, check_sparsity
 from .masks import MaskSet
+from .patterns import check_pattern_method, check_pattern_sparsity, parse_pattern, pattern_masks
 from .random_masks import random_masks
 from .selection import find_threshold, masks_from_threshold, per_tensor_smallest_magnitude_masks
 from .targets import Selector, Target, parameter_count, select_targets
@@ -36,19 +41,28 @@ DEFAULT_MIN_THRESHOLD = 0.05
 
 def prune(
     model: nn.Module,
-    sparsity: float | Mapping[str, float],
+    sparsity: float | Mapping[str, float] | None = None,
     method: str = "gp",
     min_threshold: float | None = None,
     include: Selector | Iterable[Selector] | None = None,
     exclude: Selector | Iterable[Selector] | None = None,
     seed: int = 0,
+    pattern: str | None = None,
 ) -> MaskSet:
     """Prune ``model`` in place to ``sparsity`` (fraction of target weights in [0, 1)).
 
     Weights already at zero count like any other magnitude, so a sparse model can be pruned further.
+    ``pattern``: ``"N:M"`` or ``"RxC"`` structured pruning (module ``patterns``); ``sparsity`` may be
+    omitted for N:M and must otherwise equal ``1 - N/M``; with blocks it is the fraction of blocks.
     """
     if method not in METHODS:
         raise SparsityError(f"method={method!r} is not one of {', '.join(METHODS)}")
+    if pattern is not None:
+        parsed = parse_pattern(pattern)
+        check_pattern_method(parsed, method)
+        sparsity = check_pattern_sparsity(parsed, sparsity)  # type: ignore[arg-type]
+    elif sparsity is None:
+        raise SparsityError("sparsity=None: give a sparsity in [0, 1) (it may be omitted only with an N:M pattern)")
     if min_threshold is not None and method != "gpmt":
         raise SparsityError(f"min_threshold={min_threshold!r} only applies to method='gpmt', not {method!r}")
     if method == "profile":
@@ -57,7 +71,7 @@ def prune(
     else:
         sparsity = check_sparsity(sparsity)
     targets = select_targets(model, include, exclude)
-    masks, counts = budget_masks(targets, sparsity, method, min_threshold, seed)
+    masks, counts = budget_masks(targets, sparsity, method, min_threshold, seed, pattern)
     mask_set = MaskSet(targets, masks, model_numel=parameter_count(model), target_counts=counts)
     mask_set.apply_()
     return mask_set
@@ -69,11 +83,16 @@ def budget_masks(
     method: str = "gp",
     min_threshold: float | None = None,
     seed: int = 0,
+    pattern: str | None = None,
 ) -> tuple[list[torch.Tensor], list[int]]:
     """The keep-masks and pruned counts per target of ``prune``'s ``method``, weights untouched."""
     names = [t.name for t in targets]
     tensors = [t.param.detach() for t in targets]
     numels = [t.numel for t in targets]
+    if pattern is not None:
+        if min_threshold is not None:
+            raise SparsityError(f"min_threshold={min_threshold!r} cannot be combined with pattern={pattern!r}")
+        return pattern_masks(tensors, pattern, sparsity, method, names)  # type: ignore[arg-type]
 
     if method == "gp":
         threshold = find_threshold(tensors, budgets.count_for(sum(numels), sparsity), names)
