@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/mask_events.py --quick
 	$(BIN)/python bench/throughput.py --quick
 	$(BIN)/python bench/quality.py --quick
+	$(BIN)/python bench/inference.py --quick
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
