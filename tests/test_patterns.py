@@ -155,3 +155,58 @@ def test_prune_api_blocks_zero_the_weights():
     assert sum(masks.target_counts) == round(0.5 * (16 + 8)) * 8
     zeros = sum(int((p == 0).sum()) for p in (model[0].weight, model[2].weight))
     assert zeros == sum(masks.target_counts)
+
+
+# ---- the one-shot stage, plan and config fingerprints ----------------------------------------
+
+from tiny_config import tiny_config  # noqa: E402
+
+from sparsetrain.config import parse_config  # noqa: E402
+from sparsetrain.runner.timeline import sparsity_after_events  # noqa: E402
+from sparsetrain.runner.train import resolve_timeline, run  # noqa: E402
+from sparsetrain.sparsity import select_targets  # noqa: E402
+from sparsetrain.tasks import build_task  # noqa: E402
+
+
+def test_config_without_pattern_keeps_its_fingerprint():
+    assert parse_config(tiny_config()).fingerprint() == "ec872b2226c4432b"  # computed before `pattern` existed
+    stages = tiny_config()["stages"]
+    stages[1] = {"kind": "prune", "method": "gp", "pattern": "2:4"}
+    assert parse_config(tiny_config(stages=stages)).fingerprint() != "ec872b2226c4432b"
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"kind": "prune", "method": "random", "sparsity": 0.5, "pattern": "2:4"}, "does not support pattern '2:4'"),
+    ({"kind": "prune", "method": "gpmt", "sparsity": 0.5, "pattern": "1x8"}, "does not support pattern '1x8'"),
+    ({"kind": "prune", "method": "gp", "sparsity": 0.6, "pattern": "2:4"}, "does not match pattern '2:4'"),
+    ({"kind": "prune", "method": "gp", "pattern": "2-4"}, "pattern='2-4' is not a valid pattern"),
+    ({"kind": "prune", "method": "gp", "pattern": "1x8"}, "missing key 'stages.1.sparsity'"),
+])
+def test_stage_refuses_bad_patterns_in_one_line(stage, message):
+    stages = tiny_config()["stages"]
+    stages[1] = stage
+    with pytest.raises(ValueError) as info:
+        parse_config(tiny_config(stages=stages))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("stage", [
+    {"kind": "prune", "method": "gp", "pattern": "2:4"},
+    {"kind": "prune", "method": "gp", "sparsity": 0.6, "pattern": "1x8"},
+    {"kind": "prune", "method": "uniform", "sparsity": 0.3, "pattern": "2x4"},
+])
+def test_tiny_run_with_a_pattern_matches_its_plan(tmp_path, stage):
+    stages = tiny_config()["stages"]
+    stages[1] = stage
+    config = parse_config(tiny_config(stages=stages, output_dir=str(tmp_path / "run")))
+    result = run(config, log=lambda line: None)
+    targets = select_targets(result.model)
+    timeline = resolve_timeline(config, targets, len(build_task(config).train_set))
+    expected = sparsity_after_events(timeline, [t.shape for t in targets])
+    params = [t.param.detach() for t in targets]
+    zeros = sum(int((p == 0).sum()) for p in params)
+    measured = zeros / sum(p.numel() for p in params)
+    assert expected[-1] == pytest.approx(measured, rel=1e-12)
+    if stage["pattern"] == "2:4":
+        for p in params:
+            assert bool((p.ne(0).reshape(-1, 4).sum(dim=1) == 2).all())

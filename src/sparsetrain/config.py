@@ -286,6 +286,10 @@ class RunConfig(_Strict):
                 section = section[name]
             if section[key] == _default_at(path):
                 del section[key]
+        for stage in payload["stages"]:
+            for key in _STAGE_KEYS_ADDED_AFTER_0_1:
+                if key in stage and stage[key] is None:
+                    del stage[key]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -293,6 +297,9 @@ _ADDED_AFTER_0_1 = (("training", "on_nonfinite"), ("training", "max_eval_batches
                     ("targets", "dense_first"), ("targets", "dense_last"),
                     ("training", "mixup_alpha"))
 """Trajectory-shaping fields newer than 0.1: hashed only when set away from their default."""
+
+_STAGE_KEYS_ADDED_AFTER_0_1 = ("pattern",)
+"""Stage fields (of any stage kind) newer than 0.1 whose default is None: hashed only when set."""
 
 
 def _default_at(path: tuple[str, ...]) -> Any:

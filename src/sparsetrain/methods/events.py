@@ -46,6 +46,7 @@ class MaskEvent:
     stage: int = 0
     drop_fraction: float = 0.0
     after_backward: bool = False
+    pattern: str | None = None
     label: str = field(default="", compare=False)
 
 
@@ -63,10 +64,13 @@ class Schedule:
 
 
 def one_shot_prune(
-    step: int, method: str, sparsity: float | Mapping[str, float], min_threshold: float | None = None, stage: int = 0
+    step: int, method: str, sparsity: float | Mapping[str, float], min_threshold: float | None = None, stage: int = 0,
+    pattern: str | None = None,
 ) -> MaskEvent:
-    """GP, GPMT, uniform, ERK or profile pruning applied once at ``step``."""
+    """GP, GPMT, uniform, ERK or profile pruning applied once at ``step`` (``pattern``: N:M or RxC blocks)."""
     detail = f"{method} {sparsity}" if not isinstance(sparsity, Mapping) else f"{method} profile"
     if min_threshold is not None:
         detail += f" (MT {min_threshold}%)"
-    return MaskEvent(step, "prune", sparsity, method, min_threshold, stage=stage, label=detail)
+    if pattern is not None:
+        detail += f" pattern {pattern}"
+    return MaskEvent(step, "prune", sparsity, method, min_threshold, stage=stage, pattern=pattern, label=detail)

@@ -1,5 +1,8 @@
 """One-shot pruning (``kind: prune``): GP, GPMT, uniform, ERK, profile or random, once, through
-the engine's budgets (``sparsity.prune``)."""
+the engine's budgets (``sparsity.prune``).
+
+``pattern`` (``"N:M"`` or ``"RxC"`` blocks, see ``sparsity.patterns``) is accepted by ``gp`` and
+``uniform`` (and ``erk`` with blocks); with ``"N:M"`` ``sparsity`` may be omitted (it is ``1 - N/M``)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from torch import nn
 from ..sparsity import MaskSet, budgets, prune
 from ..sparsity.budgets import count_for
 from ..sparsity.errors import SparsityError
+from ..sparsity.patterns import check_pattern_method, check_pattern_sparsity, parse_pattern, pattern_counts
 from ..sparsity.prune import DEFAULT_MIN_THRESHOLD, budget_masks
 from ..sparsity.targets import Selector
 from .base import StageContext, StageLayout
@@ -30,9 +34,24 @@ class PruneStage(StrictModel):
     sparsity: Annotated[float, Field(ge=0, lt=1)] | dict[str, Annotated[float, Field(ge=0, lt=1)]]
     min_threshold: float | None = Field(None, ge=0, le=100, description="GPMT floor, percent of target weights")
     seed: int | None = Field(None, ge=0, description="random pruning: seed of the positions (default: run seed)")
+    pattern: str | None = Field(None, description="structured pruning: 'N:M' (e.g. '2:4') or 'RxC' blocks (e.g. '1x8')")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pattern_sparsity(cls, data: Any) -> Any:
+        """With an N:M pattern, an omitted sparsity is ``1 - N/M`` (checked against it otherwise)."""
+        if isinstance(data, Mapping) and isinstance(data.get("pattern"), str) and "sparsity" not in data:
+            implied = parse_pattern(data["pattern"]).sparsity
+            if implied is not None:
+                data = {**data, "sparsity": implied}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> PruneStage:
+        if self.pattern is not None:
+            pattern = parse_pattern(self.pattern)
+            check_pattern_method(pattern, self.method)
+            check_pattern_sparsity(pattern, self.sparsity)  # type: ignore[arg-type]
         if self.method == "profile" and not isinstance(self.sparsity, dict):
             raise ValueError("method 'profile' needs sparsity as {regex: sparsity}")
         if self.method != "profile" and isinstance(self.sparsity, dict):
@@ -63,7 +82,7 @@ def training_epochs(stage: PruneStage) -> int:
 
 
 def events(stage: PruneStage, ctx: StageContext) -> list[MaskEvent]:
-    event = one_shot_prune(ctx.start_step, stage.method, stage.sparsity, stage.min_threshold, ctx.index)
+    event = one_shot_prune(ctx.start_step, stage.method, stage.sparsity, stage.min_threshold, ctx.index, stage.pattern)
     if stage.method == "random":
         event = replace(event, seed=ctx.seed if stage.seed is None else stage.seed)
     return [event]
@@ -74,7 +93,8 @@ def apply(event: MaskEvent, masks: MaskSet, ctx: StageContext | None = None) -> 
     matter beyond the zeros they left (already-pruned weights count like any other magnitude)."""
     if event.kind != "prune":
         raise UserError(f"event kind {event.kind!r} is not a one-shot prune")
-    new, counts = budget_masks(masks.targets, event.sparsity, event.method, event.min_threshold, event.seed)
+    new, counts = budget_masks(masks.targets, event.sparsity, event.method, event.min_threshold, event.seed,
+                               event.pattern)
     for i, mask in enumerate(new):
         masks.set_(i, mask)
     masks.target_counts = counts
@@ -84,8 +104,12 @@ def apply(event: MaskEvent, masks: MaskSet, ctx: StageContext | None = None) -> 
 def pruned_after(event: MaskEvent, pruned: list[int], shapes: Sequence[Sequence[int]],
                  ctx: StageContext) -> list[int] | None:
     """GP/GPMT/ERK fix the total exactly (booked on the first tensor: only totals are reported);
-    uniform and random round per tensor; a profile's total depends on names (None: shown by the run)."""
+    uniform and random round per tensor; a profile's total depends on names (None: shown by the run).
+    Patterned prunes are exact from the shapes (``patterns.pattern_counts``)."""
     numels = [math.prod(shape) for shape in shapes]
+    if event.pattern is not None:
+        assert not isinstance(event.sparsity, Mapping)
+        return pattern_counts(parse_pattern(event.pattern), shapes, event.sparsity, event.method)
     if event.method in ("gp", "gpmt", "erk"):
         return [count_for(sum(numels), event.sparsity)] + [0] * (len(numels) - 1)
     if event.method in ("uniform", "random"):
@@ -121,7 +145,7 @@ def apply_prune_event(
     if event.kind != "prune":
         raise UserError(f"event kind {event.kind!r} is not a one-shot prune")
     return prune(model, event.sparsity, method=event.method, min_threshold=event.min_threshold,
-                 include=include, exclude=exclude, seed=event.seed)
+                 include=include, exclude=exclude, seed=event.seed, pattern=event.pattern)
 
 
 def preflight(stage: PruneStage, key: str, names: Sequence[str], shapes: Sequence[tuple[int, ...]],
@@ -129,7 +153,14 @@ def preflight(stage: PruneStage, key: str, names: Sequence[str], shapes: Sequenc
     """GPMT reachable from the layer sizes; profile patterns match; no budget known to empty a layer."""
     numels = [math.prod(s) for s in shapes]
     what = f"prune {stage.method}"
-    if stage.method == "gpmt":
+    if stage.pattern is not None:  # N:M never empties a layer; block budgets might
+        assert not isinstance(stage.sparsity, Mapping)
+        if stage.method == "gp":
+            check_group(key, what, stage.sparsity, names, shapes)
+        else:
+            counts = pattern_counts(parse_pattern(stage.pattern), shapes, stage.sparsity, stage.method)
+            check_per_tensor(key, what, stage.sparsity, names, shapes, counts)
+    elif stage.method == "gpmt":
         mt = DEFAULT_MIN_THRESHOLD if stage.min_threshold is None else stage.min_threshold
         check_min_threshold(key, stage.sparsity, mt, numels)
         if budgets.min_threshold_floor(sum(numels), mt) == 0:  # no floor: as for gp, only the total is known
