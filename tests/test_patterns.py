@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import warnings
 
@@ -210,3 +211,33 @@ def test_tiny_run_with_a_pattern_matches_its_plan(tmp_path, stage):
     if stage["pattern"] == "2:4":
         for p in params:
             assert bool((p.ne(0).reshape(-1, 4).sum(dim=1) == 2).all())
+
+
+@pytest.mark.parametrize("stage", [
+    {"kind": "sgap", "pattern": "2:4", "partitions": {"scheme": "layers", "kappa": 2}, "epochs_per_step": 1,
+     "finetune_epochs": 0},
+    {"kind": "sgap", "sparsity": 0.6, "pattern": "1x8", "distribution": "non-uniform", "init": "magnitude",
+     "partitions": {"scheme": "layers", "kappa": 2}, "epochs_per_step": 1, "finetune_epochs": 0},
+    {"kind": "pgap", "sparsity": 0.5, "pattern": "2x4", "partitions": {"scheme": "layers", "kappa": 2},
+     "epochs_per_step": 1, "finetune_epochs": 0},
+])
+def test_gap_with_a_pattern_follows_its_plan(tmp_path, stage):
+    config = parse_config(tiny_config(stages=[stage], output_dir=str(tmp_path / "gap")))
+    result = run(config, log=lambda line: None)
+    targets = select_targets(result.model)
+    timeline = resolve_timeline(config, targets, len(build_task(config).train_set))
+    happened = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    assert [(e.step, e.kind) for e in timeline.schedule.events()] == [(h["step"], h["kind"]) for h in happened]
+    expected = sparsity_after_events(timeline, [t.shape for t in targets])
+    assert [h["sparsity"] for h in happened] == pytest.approx(expected, abs=0, rel=1e-12)
+    assert result.masks.pruned_count() == round(expected[-1] * result.masks.numel())
+    if stage["pattern"] == "2:4":
+        for p in result.masks.params:
+            assert bool((p.detach().ne(0).reshape(-1, 4).sum(dim=1) == 2).all())
+
+
+def test_gap_refuses_erk_with_a_pattern():
+    stage = {"kind": "sgap", "sparsity": 0.5, "pattern": "2x2", "distribution": "erk",
+             "partitions": {"scheme": "layers", "kappa": 2}, "epochs_per_step": 1, "finetune_epochs": 0}
+    with pytest.raises(ValueError, match=r"distribution='erk' does not support pattern '2x2'"):
+        parse_config(tiny_config(stages=[stage]))

@@ -22,6 +22,13 @@ threshold over that partition (the reference code's ``--sp-global-weight-sparsit
 so layer budgets differ while the partition, and hence the model, stays exactly at the target;
 ``erk`` gives every tensor its ERK budget. The regrown weights start at zero and their optimizer
 state is zero, as in the reference code.
+
+``pattern`` (``"N:M"`` or ``"RxC"`` blocks, see ``sparsity.patterns``) makes every prune-back
+structured: ``uniform`` prunes each tensor to its pattern budget, ``non-uniform`` ranks the block
+scores of the partition together (N:M: ``uniform`` only; ``erk`` is refused with a pattern). The
+``random`` init masks are not patterned, but every partition is pruned back by the pattern before
+the stage ends (S-GaP grows, then prunes, every partition at least once; P-GaP prunes all at
+every merge), so the final masks follow the pattern.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from pydantic import Field, model_validator
 
 from ..sparsity import MaskSet, per_tensor_counts, per_tensor_smallest_magnitude_masks, smallest_magnitude_masks
 from ..sparsity.budgets import count_for
+from ..sparsity.patterns import check_pattern_sparsity, parse_pattern, pattern_counts, pattern_masks
 from ..sparsity.random_masks import random_masks
 from .base import StageContext, StageLayout, distribution_cell, kind_cell
 from .checks import check_group, check_per_tensor
@@ -66,11 +74,29 @@ class GaPStage(StrictModel):
     mask_seed: int | None = Field(None, ge=0, description="seed of the initial random masks (default: run seed)")
     optimizer: dict[str, Any] = Field(default_factory=dict)
     lr_schedule: dict[str, Any] = Field(default_factory=dict)
+    pattern: str | None = Field(None, description="structured prune-backs: 'N:M' (e.g. '2:4') or 'RxC' blocks")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pattern_sparsity(cls, data: Any) -> Any:
+        """With an N:M pattern, an omitted sparsity is ``1 - N/M`` (checked against it otherwise)."""
+        if isinstance(data, Mapping) and isinstance(data.get("pattern"), str) and "sparsity" not in data:
+            implied = parse_pattern(data["pattern"]).sparsity
+            if implied is not None:
+                data = {**data, "sparsity": implied}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> GaPStage:
         if self.kind == "pgap" and self.grow_order != "cyclic":
             raise ValueError("grow_order only applies to sgap: every P-GaP worker grows its own partition")
+        if self.pattern is not None:
+            pattern = parse_pattern(self.pattern)
+            check_pattern_sparsity(pattern, self.sparsity)
+            allowed = ("uniform",) if pattern.kind == "nm" else ("uniform", "non-uniform")
+            if self.distribution not in allowed:
+                raise ValueError(f"distribution={self.distribution!r} does not support pattern {self.pattern!r}; "
+                                 f"valid with it: {', '.join(allowed)}")
         return self
 
 
@@ -152,10 +178,10 @@ def gap_layout(variant: str, kappa: int, epochs_per_step: int, rounds: int, fine
 
 
 def gap_events(layout: GaPLayout, start_step: int, steps_per_epoch: int, sparsity: float, *, distribution: str,
-               init: str, seed: int, reset_optimizer: bool, stage: int) -> list[MaskEvent]:
+               init: str, seed: int, reset_optimizer: bool, stage: int, pattern: str | None = None) -> list[MaskEvent]:
     """Every mask event of a GaP stage that starts at global step ``start_step``."""
     per_step = layout.epochs_per_step * steps_per_epoch
-    common = dict(distribution=distribution, seed=seed, stage=stage)
+    common: dict[str, Any] = dict(distribution=distribution, seed=seed, stage=stage, pattern=pattern)
     if layout.variant == "sgap":
         grown = layout.grow_sequence
         events = [MaskEvent(start_step, "gap_init", sparsity, grow=grown[0], init=init, resets_optimizer=True,
@@ -187,11 +213,18 @@ def tensor_counts(masks: MaskSet, sparsity: float, distribution: str) -> list[in
     return per_tensor_counts([t.shape for t in masks.targets], sparsity, distribution)
 
 
-def prune_partition_(masks: MaskSet, indices: Sequence[int], sparsity: float, distribution: str) -> None:
-    """Magnitude-prune the targets ``indices`` back to ``sparsity``; the weights are not touched yet."""
+def prune_partition_(masks: MaskSet, indices: Sequence[int], sparsity: float, distribution: str,
+                     pattern: str | None = None) -> None:
+    """Magnitude-prune the targets ``indices`` back to ``sparsity``; the weights are not touched yet.
+
+    With ``pattern``: ``uniform`` gives each tensor its pattern budget, ``non-uniform`` ranks the
+    partition's block scores together (``patterns.pattern_masks`` with ``uniform`` / ``gp``)."""
     tensors = [masks.targets[i].param.detach() for i in indices]
     names = [masks.targets[i].name for i in indices]
-    if distribution == "non-uniform":
+    if pattern is not None:
+        new, _ = pattern_masks(tensors, pattern, sparsity, "gp" if distribution == "non-uniform" else "uniform",
+                               names)
+    elif distribution == "non-uniform":
         k = count_for(sum(t.numel() for t in tensors), sparsity)
         new = smallest_magnitude_masks(tensors, k, names)
     else:
@@ -216,10 +249,10 @@ def apply_gap_event(event: MaskEvent, masks: MaskSet, partitions: Sequence[Seque
                 masks.set_(i, fresh[i])
         else:
             for part in partitions:
-                prune_partition_(masks, part, event.sparsity, event.distribution)
+                prune_partition_(masks, part, event.sparsity, event.distribution, event.pattern)
     elif event.kind in ("gap_step", "gap_final", "pgap_merge"):
         for p in event.prune:
-            prune_partition_(masks, partitions[p], event.sparsity, event.distribution)
+            prune_partition_(masks, partitions[p], event.sparsity, event.distribution, event.pattern)
     elif event.kind != "pgap_round":
         raise UserError(f"event kind {event.kind!r} is not a GaP event")
     if event.grow is not None:
@@ -279,7 +312,7 @@ def events(stage: GaPStage, ctx: StageContext) -> list[MaskEvent]:
     gap = layout(stage, ctx).detail
     return gap_events(gap, ctx.start_step, ctx.steps_per_epoch, stage.sparsity, distribution=stage.distribution,
                       init=stage.init, seed=_seed(stage, ctx), reset_optimizer=stage.reset_optimizer,
-                      stage=ctx.index)
+                      stage=ctx.index, pattern=stage.pattern)
 
 
 def apply(event: MaskEvent, masks: MaskSet, ctx: StageContext) -> None:
@@ -288,17 +321,30 @@ def apply(event: MaskEvent, masks: MaskSet, ctx: StageContext) -> None:
 
 def pruned_after(event: MaskEvent, pruned: list[int], shapes: Sequence[Sequence[int]],
                  ctx: StageContext) -> list[int] | None:
-    """GaP events re-budget whole partitions, which together cover all targets."""
+    """GaP events re-budget whole partitions, which together cover all targets.
+
+    With a pattern, prune-backs (and magnitude init) are the pattern's exact counts per partition;
+    random init masks keep the unpatterned per-tensor counts."""
     pruned = list(pruned)
     numels = [math.prod(shape) for shape in shapes]
     parts = ctx.partition_indices
     per_tensor = per_tensor_counts(shapes, event.sparsity, event.distribution)
+
+    def patterned(part: Sequence[int]) -> list[int]:
+        assert event.pattern is not None
+        method = "gp" if event.distribution == "non-uniform" else "uniform"
+        return pattern_counts(parse_pattern(event.pattern), [shapes[i] for i in part], event.sparsity, method)
+
     if event.kind in ("gap_init", "pgap_init"):
         for part in parts:
-            for i in part:
-                pruned[i] = per_tensor[i]
+            counts = patterned(part) if event.pattern is not None and event.init != "random" else None
+            for j, i in enumerate(part):
+                pruned[i] = per_tensor[i] if counts is None else counts[j]
     for p in event.prune:
-        if event.distribution == "non-uniform":
+        if event.pattern is not None:
+            for i, count in zip(parts[p], patterned(parts[p])):
+                pruned[i] = count
+        elif event.distribution == "non-uniform":
             for i in parts[p]:
                 pruned[i] = 0
             pruned[parts[p][0]] = count_for(sum(numels[i] for i in parts[p]), event.sparsity)
@@ -325,7 +371,10 @@ distribution_label = distribution_cell
 def preflight(stage: GaPStage, key: str, names: Sequence[str], shapes: Sequence[tuple[int, ...]],
               ctx: StageContext) -> None:
     """No budget known to empty a layer (non-uniform: a whole partition)."""
-    if stage.distribution == "non-uniform":
+    if stage.pattern is not None and stage.distribution == "uniform":
+        check_per_tensor(key, f"{stage.kind} pattern {stage.pattern}", stage.sparsity, names, shapes,
+                         pattern_counts(parse_pattern(stage.pattern), shapes, stage.sparsity, "uniform"))
+    elif stage.distribution == "non-uniform":
         for part in ctx.partitions:
             indices = part.target_indices
             check_group(key, f"{stage.kind} non-uniform, partition P{part.index + 1}", stage.sparsity,
