@@ -9,12 +9,24 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_config import tiny_config
 from torch import nn
 
 import sparsetrain
+from sparsetrain.config import parse_config
+from sparsetrain.runner.timeline import sparsity_after_events
+from sparsetrain.runner.train import resolve_timeline, run
+from sparsetrain.sparsity import select_targets
 from sparsetrain.sparsity.errors import SparsityError
-from sparsetrain.sparsity.patterns import PatternWarning, parse_pattern, pattern_counts, pattern_masks
+from sparsetrain.sparsity.patterns import (
+    PatternWarning,
+    parse_pattern,
+    pattern_counts,
+    pattern_masks,
+)
+from sparsetrain.tasks import build_task
 
 
 def brute_nm(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -26,12 +38,12 @@ def brute_nm(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     for o in range(shape[0]):
         for pos in itertools.product(*rest):
             for g in range(0, shape[1], m):
-                def value(i: int) -> float:
+                def value(i: int, o: int = o, pos: tuple = pos) -> float:
                     v = w[o][i]
                     for p in pos:
                         v = v[p]
                     return abs(v)
-                ranked = sorted(range(g, g + m), key=lambda i: (-value(i), i))
+                ranked = sorted(range(g, g + m), key=lambda i, value=value: (-value(i), i))
                 for i in ranked[:n]:
                     keep[(o, i, *pos)] = True
     return keep
@@ -160,14 +172,6 @@ def test_prune_api_blocks_zero_the_weights():
 
 # ---- the one-shot stage, plan and config fingerprints ----------------------------------------
 
-from tiny_config import tiny_config  # noqa: E402
-
-from sparsetrain.config import parse_config  # noqa: E402
-from sparsetrain.runner.timeline import sparsity_after_events  # noqa: E402
-from sparsetrain.runner.train import resolve_timeline, run  # noqa: E402
-from sparsetrain.sparsity import select_targets  # noqa: E402
-from sparsetrain.tasks import build_task  # noqa: E402
-
 
 def test_config_without_pattern_keeps_its_fingerprint():
     assert parse_config(tiny_config()).fingerprint() == "ec872b2226c4432b"  # computed before `pattern` existed
@@ -241,3 +245,18 @@ def test_gap_refuses_erk_with_a_pattern():
              "partitions": {"scheme": "layers", "kappa": 2}, "epochs_per_step": 1, "finetune_epochs": 0}
     with pytest.raises(ValueError, match=r"distribution='erk' does not support pattern '2x2'"):
         parse_config(tiny_config(stages=[stage]))
+
+
+@settings(max_examples=20, deadline=None)
+@given(r=st.integers(1, 3), c=st.integers(1, 4), grid=st.lists(st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       min_size=1, max_size=3), sparsity=st.floats(0, 0.95), per_tensor=st.booleans(), seed=st.integers(0, 99))
+def test_blocks_random_shapes(r, c, grid, sparsity, per_tensor, seed):
+    if r * c == 1:
+        c = 2
+    weights = [_quantized((br * r, bc * c), seed + i) for i, (br, bc) in enumerate(grid)]
+    masks, counts = pattern_masks(weights, f"{r}x{c}", sparsity, "uniform" if per_tensor else "gp")
+    for got, want in zip(masks, brute_blocks(weights, r, c, sparsity, per_tensor)):
+        assert torch.equal(got, want)
+    blocks = sum(br * bc for br, bc in grid)
+    if not per_tensor:
+        assert sum(counts) == round(sparsity * blocks) * r * c
