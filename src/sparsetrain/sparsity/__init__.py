@@ -1,4 +1,5 @@
-"""The sparsity engine: targets, masks, exact magnitude selection, budgets, one-shot pruning.
+"""The sparsity engine: targets, masks, exact magnitude selection, budgets, one-shot pruning,
+N:M and block patterns (``patterns``).
 
 It imports torch (and numpy for bit packing) and nothing from sparsetrain's upper layers, so it
 can be used inside any training loop.
@@ -29,6 +30,7 @@ from .partitions import (
     split_block_notes,
     split_blocks,
 )
+from .patterns import Pattern, PatternWarning, parse_pattern, pattern_counts, pattern_masks
 from .prune import METHODS, prune
 from .random_masks import random_masks
 from .selection import (
@@ -48,6 +50,8 @@ __all__ = [
     "PRESETS",
     "SCHEMES",
     "Partition",
+    "Pattern",
+    "PatternWarning",
     "LayerSparsity",
     "MaskSet",
     "Sparsifier",
@@ -62,6 +66,9 @@ __all__ = [
     "ownership",
     "partition_owner",
     "partition_targets",
+    "parse_pattern",
+    "pattern_counts",
+    "pattern_masks",
     "split_block_notes",
     "split_blocks",
     "random_masks",
