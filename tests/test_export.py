@@ -168,3 +168,93 @@ def test_plain_safetensors_loads_as_dense(tmp_path):
 def test_targets_of_select_targets_match_mask_names():
     model, masks = _pruned_model("small_resnet")
     assert masks.names == [t.name for t in select_targets(model)]
+
+
+# ---- the command line, ONNX and init.checkpoint --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished tiny run (MLP 64-16-10 on digits, GP 0.5): its directory and its config file."""
+    import yaml
+
+    from sparsetrain.cli import main
+    from tiny_config import tiny_config
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(output_dir=str(root / "run"))))
+    assert main(["run", str(config)]) == 0
+    return root / "run", config
+
+
+def test_cli_export_in_every_format(tiny_run, tmp_path, capsys):
+    from sparsetrain.cli import main
+    from sparsetrain.safe_pickle import safe_torch_load
+
+    run_dir, config = tiny_run
+    final = safe_torch_load(run_dir / "model_final.pt")
+    sparse, dense, onnx_file = tmp_path / "m.safetensors", tmp_path / "d.safetensors", tmp_path / "m.onnx"
+    assert main(["export", str(run_dir), "--format", "sparse", "--out", str(sparse)]) == 0
+    assert "sparsity 0.5" in capsys.readouterr().out
+    _same_bits(final, sparsetrain.load_sparse(sparse))
+    assert set(sparsetrain.load_sparse_masks(sparse)) == {"1.weight", "3.weight"}
+    assert "stages" in load_sparse_metadata(sparse)["config"]
+    checkpoint = run_dir / "model_final.pt"
+    assert main(["export", str(checkpoint), "--config", str(config), "--format", "safetensors",
+                 "--out", str(dense)]) == 0
+    _same_bits(final, sparsetrain.load_sparse(dense), ordered=False)
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(onnx_file)]) == 0
+    assert "onnxruntime matches" in capsys.readouterr().out and onnx_file.stat().st_size > 0
+
+
+def test_cli_export_refuses_to_overwrite_and_bad_sources(tiny_run, tmp_path, capsys):
+    from sparsetrain.cli import main
+
+    run_dir, _ = tiny_run
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"keep me")
+    assert main(["export", str(run_dir), "--format", "sparse", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert main(["export", str(run_dir), "--format", "sparse", "--out", str(out), "--overwrite"]) == 0
+    assert sparsetrain.load_sparse(out)
+    capsys.readouterr()
+    assert main(["export", str(run_dir / "model_final.pt"), "--format", "sparse", "--out", str(tmp_path / "x")]) == 2
+    assert "--config" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nothing"), "--format", "sparse", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nothing" in err
+
+
+def test_init_checkpoint_from_a_sparse_export_starts_from_its_weights(tiny_run, tmp_path):
+    import yaml
+
+    from sparsetrain.config import load_config
+    from sparsetrain.runner.setup import build_setup
+    from sparsetrain.safe_pickle import safe_torch_load
+    from tiny_config import tiny_config
+
+    run_dir, _ = tiny_run
+    exported = tmp_path / "m.safetensors"
+    from sparsetrain.cli import main
+    assert main(["export", str(run_dir), "--format", "sparse", "--out", str(exported)]) == 0
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(init={"checkpoint": str(exported)},
+                                                 stages=[{"kind": "finetune", "epochs": 1}],
+                                                 output_dir=str(tmp_path / "ft"))))
+    setup = build_setup(load_config(config), lay_out=False)
+    _same_bits(safe_torch_load(run_dir / "model_final.pt"), setup.model.state_dict())
+    masks = MaskSet.from_nonzero(setup.targets)  # the zeros carry the masks
+    assert masks.sparsity() == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_resnet", "mobilenet_v1"])
+def test_onnx_export_matches_pytorch(name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from sparsetrain.export.onnx_export import export_onnx
+
+    model, _ = _pruned_model(name)
+    sample = torch.randn(3, *SMALL[name][0], generator=torch.Generator().manual_seed(0))
+    assert export_onnx(model, sample, tmp_path / "m.onnx") <= 1e-3
+    with pytest.raises(UserError, match="exists"):
+        export_onnx(model, sample, tmp_path / "m.onnx")

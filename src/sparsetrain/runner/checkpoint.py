@@ -7,7 +7,9 @@ target, so a crash leaves either the old checkpoint or the new one, never half o
 
 ``load_state_dict_from`` reads plain model state dicts for ``init.checkpoint`` and ``eval``:
 raw dicts, ``{'state_dict': ...}`` / ``{'model': ...}`` / ``{'model_state_dict': ...}`` wrappers
-(GaP, GPMT, fairseq, PointNet++, NVIDIA SSD) and DDP ``module.`` prefixes.
+(GaP, GPMT, fairseq, PointNet++, NVIDIA SSD) and DDP ``module.`` prefixes, and ``.safetensors``
+files: ``sparsetrain export`` output in the ``sparse`` format (decoded by
+:func:`~sparsetrain.export.load_sparse`, pruned weights exact zeros) or any plain safetensors state dict.
 
 Every file is read by :func:`~sparsetrain.safe_pickle.safe_torch_load`: only tensors, numbers,
 strings, containers, ``argparse.Namespace`` and numpy arrays/scalars are built, and a file naming
@@ -128,7 +130,12 @@ def load_state_dict_from(path: str | Path) -> dict[str, torch.Tensor]:
     checkpoint is found beside its optimizer state, args and metadata.
     """
     path = Path(path)
-    payload = _read(path)
+    if path.suffix == ".safetensors":  # never a pickle: sparsetrain export's formats or any safetensors file
+        from ..export import load_sparse
+
+        payload = load_sparse(path)
+    else:
+        payload = _read(path)
     for key in _STATE_DICT_KEYS:
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
             payload = payload[key]
