@@ -258,3 +258,25 @@ def test_onnx_export_matches_pytorch(name, tmp_path):
     assert export_onnx(model, sample, tmp_path / "m.onnx") <= 1e-3
     with pytest.raises(UserError, match="exists"):
         export_onnx(model, sample, tmp_path / "m.onnx")
+
+
+def test_finetune_from_a_sparse_export_keeps_its_masks(tiny_run, tmp_path):
+    import yaml
+
+    from sparsetrain.cli import main
+    from sparsetrain.safe_pickle import safe_torch_load
+    from tiny_config import tiny_config
+
+    run_dir, _ = tiny_run
+    exported = tmp_path / "m.safetensors"
+    assert main(["export", str(run_dir), "--format", "sparse", "--out", str(exported)]) == 0
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(init={"checkpoint": str(exported)},
+                                                 stages=[{"kind": "finetune", "epochs": 1}],
+                                                 output_dir=str(tmp_path / "ft"))))
+    assert main(["run", str(config)]) == 0
+    after = safe_torch_load(tmp_path / "ft" / "model_final.pt")
+    before = safe_torch_load(run_dir / "model_final.pt")
+    for name, mask in sparsetrain.load_sparse_masks(exported).items():
+        assert after[name][~mask].eq(0).all()  # pruned stayed pruned
+        assert not after[name][mask].equal(before[name][mask])  # and the kept weights trained

@@ -146,6 +146,33 @@ def load_state_dict_from(path: str | Path) -> dict[str, torch.Tensor]:
     return payload
 
 
+def init_masks(path: str | Path | None, targets: list, model_numel: int | None = None) -> Any:
+    """The masks a ``sparse`` export at ``path`` stores for ``targets`` (a MaskSet), or None.
+
+    None unless ``path`` is a ``.safetensors`` file in sparsetrain's ``sparse`` format (a dense file or
+    a torch checkpoint carries no masks: its zeros are only zeros). A target the file holds no
+    mask for is kept whole (all True). The runner enforces these masks from the first step, so a
+    run whose ``init.checkpoint`` is a ``sparse`` export keeps its pruned weights at zero through
+    ``dense``/``finetune`` stages, and prune events start from them.
+    """
+    if not path or Path(path).suffix != ".safetensors":
+        return None
+    from ..export import load_sparse_masks
+    from ..sparsity import MaskSet
+
+    stored = load_sparse_masks(path)
+    if not stored:
+        return None
+    masks = []
+    for target in targets:
+        mask = stored.get(target.name)
+        if mask is not None and tuple(mask.shape) != tuple(target.shape):
+            raise CheckpointError(f"checkpoint {str(path)!r}: the mask of {target.name} has shape "
+                                  f"{tuple(mask.shape)}, the model's weight {tuple(target.shape)}")
+        masks.append(mask if mask is not None else torch.ones(target.shape, dtype=torch.bool))
+    return MaskSet(targets, masks, model_numel=model_numel)
+
+
 def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load ``path`` strictly into ``model``; mismatches are one-line errors naming keys."""
     state = load_state_dict_from(path)

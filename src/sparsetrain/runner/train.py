@@ -65,6 +65,7 @@ from ..tasks.base import TRAIN_LOSS, as_test_metrics
 from .checkpoint import (
     CheckpointError,
     atomic_torch_save,
+    init_masks,
     load_checkpoint,
     restore_rng_state,
     rng_state,
@@ -154,6 +155,11 @@ class _Run:
         # the start; the Sparsifier enforces them after each update once an event has set them.
         self.sparsifier = (Sparsifier(self.model, MaskSet(self.targets, model_numel=self.model_numel))
                            if self.schedule else None)
+        # init.checkpoint a `sparse` export (issue 15): its masks hold from the first step, events or not.
+        loaded_masks = init_masks(config.init.checkpoint, self.targets, self.model_numel)
+        if loaded_masks is not None:
+            self.sparsifier = Sparsifier(self.model, loaded_masks)
+        self.masks_from_init = loaded_masks is not None
         self.optimizer: torch.optim.Optimizer | None = None
         self.pending_optimizer_state: dict | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.training.amp == "fp16")
@@ -429,7 +435,7 @@ class _Run:
                     nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                if self.sparsifier is not None and self.events_applied:  # masks set by an event
+                if self.sparsifier is not None and (self.events_applied or self.masks_from_init):  # masks set
                     self.sparsifier.step(self.optimizer)
                 total, seen = self.epoch_loss
                 self.epoch_loss = (total + detached.double() * count, seen + count)  # stays on the device
