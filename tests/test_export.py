@@ -100,7 +100,7 @@ def test_pruned_positions_decode_to_plus_zero(tmp_path):
 
 def test_tensors_whose_zeros_do_not_pay_stay_dense():
     entries, info = encode({"w": torch.ones(8, 8), "b": torch.zeros(8), "z": torch.zeros(8, 8)})
-    assert set(entries) == {"dense/w", "dense/b", "values/z", "mask/z"}
+    assert set(entries) == {"dense/w", "dense/b", "values/z", "indices/z"}  # no kept value: no index either
 
 
 def test_existing_file_is_refused_without_overwrite(tmp_path):
@@ -146,7 +146,7 @@ def test_bad_files_are_one_line_errors(tmp_path):
 def test_wrong_version_and_inconsistent_metadata(tmp_path):
     from safetensors.torch import save
 
-    entries, info = encode({"w": torch.zeros(4, 4)})
+    entries, info = encode({"w": torch.eye(4)})
     future = tmp_path / "future.safetensors"
     future.write_bytes(save(entries, metadata={**info, "format_version": "99"}))
     assert "version" in _one_line_error(future)
@@ -280,3 +280,20 @@ def test_finetune_from_a_sparse_export_keeps_its_masks(tiny_run, tmp_path):
     for name, mask in sparsetrain.load_sparse_masks(exported).items():
         assert after[name][~mask].eq(0).all()  # pruned stayed pruned
         assert not after[name][mask].equal(before[name][mask])  # and the kept weights trained
+
+
+def test_very_sparse_tensors_use_indices_and_round_trip(tmp_path):
+    weight = torch.zeros(64, 64)
+    weight[3, 5], weight[60, 1], weight[0, 0] = 1.0, -0.0, float("nan")  # 3 of 4096: indices beat the bitmask
+    half = torch.randn(64, 64).masked_fill_(torch.rand(64, 64) < 0.5, 0.0)
+    entries, info = encode({"w": weight, "h": half})
+    assert "indices/w" in entries and "mask/h" in entries
+    path = sparsetrain.save_sparse({"w": weight, "h": half}, tmp_path / "i.safetensors")
+    _same_bits({"w": weight, "h": half}, sparsetrain.load_sparse(path))
+    assert int(sparsetrain.load_sparse_masks(path)["w"].sum()) == 3
+    from safetensors.torch import save
+
+    entries["indices/w"] = entries["indices/w"].flip(0).contiguous()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(save(entries, metadata=info))
+    assert "increasing" in _one_line_error(bad)

@@ -2,22 +2,28 @@
 
 Layout of a file written by :func:`save_sparse` (format ``sparsetrain-sparse``, version ``1``):
 
-* every *encoded* tensor ``NAME`` is stored as two safetensors entries, ``values/NAME`` (the kept
-  values in the tensor's own dtype, 1-D, in row-major order of their positions) and ``mask/NAME``
-  (the keep-mask flattened row-major and bit-packed into uint8 in ``numpy.packbits`` order: the
-  first element is the most significant bit of byte 0; ``ceil(numel / 8)`` bytes);
+* every *encoded* tensor ``NAME`` is stored as ``values/NAME`` (the kept values in the tensor's
+  own dtype, 1-D, in row-major order of their positions) plus its positions, whichever is smaller:
+  encoding ``bitmask``, ``mask/NAME``, the keep-mask flattened row-major and bit-packed into uint8
+  in ``numpy.packbits`` order (the first element is the most significant bit of byte 0;
+  ``ceil(numel / 8)`` bytes), or encoding ``indices``, ``indices/NAME``, the flat row-major
+  positions of the kept values as strictly increasing int32 (4 bytes per kept value: smaller than
+  the bitmask below 1/32 = 3.1 % density; a flat, COO-style variant of CSR's column indices
+  without row pointers). A tie is a bitmask;
 * every other tensor ``NAME`` is stored as it is, as ``dense/NAME``;
 * the safetensors string metadata holds ``format`` (``sparsetrain-sparse``), ``format_version``
   (``1``), ``tensors`` (JSON: for each original key, in the original order, its ``shape``,
-  ``dtype`` and ``encoding``, ``dense`` or ``bitmask``, and for ``bitmask`` the ``kept`` count),
+  ``dtype`` and ``encoding``, ``dense``, ``bitmask`` or ``indices``, and for the latter two the
+  ``kept`` count),
   ``sparsity`` (pruned fraction of the encoded tensors' elements, as a decimal string) and any
   extra string entries given as ``metadata`` (the command line stores the producing config's YAML
   under ``config``).
 
 Which tensors are encoded: with ``masks``, exactly the tensors masks are given for; without, every
 floating-point tensor of dimension >= 2 whose encoding (kept values plus 1 bit per element) is
-smaller than the dense tensor, i.e. ``kept * itemsize + ceil(numel / 8) < numel * itemsize``
-(for fp32: more than about 3.1 % of the elements are zero).
+smaller than the dense tensor, i.e. ``kept * itemsize + min(ceil(numel / 8), 4 * kept) <
+numel * itemsize`` (for fp32: more than about 3.1 % of the elements are zero). Tensors of 2^31
+or more elements always use the bitmask.
 
 Invariants: :func:`load_sparse` returns the same keys in the same order with the same dtypes and
 shapes. A kept position decodes to exactly the bits that were saved (``-0.0``, NaN payloads and
@@ -26,9 +32,6 @@ when every pruned position holds ``+0.0`` (what masking in sparsetrain leaves); 
 the mask is "the bit pattern is not all zeros", so ``-0.0`` counts as kept and the round trip is
 always bit-identical. With ``masks``, a non-zero value at a pruned position is dropped (it loads
 as ``+0.0``).
-
-CSR indices (smaller than a bitmask below about 3 % density for int32 indices) are not
-implemented: every encoded tensor uses the bitmask.
 
 Reading never unpickles: safetensors holds only raw tensor bytes and a JSON header. A file that
 is truncated, not safetensors, or of another format version raises a one-line
@@ -98,8 +101,13 @@ def _bits(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1).view(int_dtype)
 
 
+def _uses_indices(kept: int, numel: int) -> bool:
+    """Whether int32 flat indices (4 bytes per kept value) are smaller than the bitmask."""
+    return numel < 2**31 and 4 * kept < math.ceil(numel / 8)
+
+
 def _encoded_bytes(kept: int, numel: int, itemsize: int) -> int:
-    return kept * itemsize + math.ceil(numel / 8)
+    return kept * itemsize + (4 * kept if _uses_indices(kept, numel) else math.ceil(numel / 8))
 
 
 def _pack(mask: torch.Tensor) -> torch.Tensor:
@@ -146,9 +154,13 @@ def encode(state: Mapping[str, torch.Tensor], masks: Any = None,
             assert mask is not None
             values = _bits(tensor)[mask].view(tensor.dtype) if tensor.dtype != torch.bool else tensor.reshape(-1)[mask]
             entries[f"values/{name}"] = values.contiguous()
-            entries[f"mask/{name}"] = _pack(mask)
             kept = int(values.numel())
-            record.update(encoding="bitmask", kept=kept)
+            if _uses_indices(kept, numel):
+                entries[f"indices/{name}"] = mask.nonzero().reshape(-1).to(torch.int32)
+                record.update(encoding="indices", kept=kept)
+            else:
+                entries[f"mask/{name}"] = _pack(mask)
+                record.update(encoding="bitmask", kept=kept)
             pruned += numel - kept
             total += numel
         else:
@@ -282,18 +294,26 @@ def _decode(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor
                 raise _fail(path, f"the dense tensor {name!r} is missing or not {dtype_name} {list(shape)}")
             used.add(f"dense/{name}")
             state[name] = tensor
-        elif encoding == "bitmask":
-            values, packed = entries.get(f"values/{name}"), entries.get(f"mask/{name}")
+        elif encoding in ("bitmask", "indices"):
+            where = "mask" if encoding == "bitmask" else "indices"
+            values, packed = entries.get(f"values/{name}"), entries.get(f"{where}/{name}")
             if values is None or packed is None:
-                raise _fail(path, f"the values or the mask of {name!r} are missing")
-            if packed.dtype != torch.uint8 or tuple(packed.shape) != (math.ceil(numel / 8),):
-                raise _fail(path, f"the mask of {name!r} is not {math.ceil(numel / 8)} uint8 bytes")
-            mask = _unpack(packed, numel)
+                raise _fail(path, f"the values or the {where} of {name!r} are missing")
+            if encoding == "bitmask":
+                if packed.dtype != torch.uint8 or tuple(packed.shape) != (math.ceil(numel / 8),):
+                    raise _fail(path, f"the mask of {name!r} is not {math.ceil(numel / 8)} uint8 bytes")
+                mask = _unpack(packed, numel)
+            else:
+                if packed.dtype != torch.int32 or packed.dim() != 1 or (packed.numel() and (
+                        int(packed[0]) < 0 or int(packed[-1]) >= numel or not bool((packed[1:] > packed[:-1]).all()))):
+                    raise _fail(path, f"the indices of {name!r} are not strictly increasing int32 in [0, {numel})")
+                mask = torch.zeros(numel, dtype=torch.bool)
+                mask[packed.long()] = True
             kept = int(mask.sum())
             if values.dtype != dtype or tuple(values.shape) != (kept,):
                 raise _fail(path, f"{name!r} holds {tuple(values.shape)} {values.dtype} values; its mask keeps {kept} "
                                   f"{dtype_name}")
-            used.update((f"values/{name}", f"mask/{name}"))
+            used.update((f"values/{name}", f"{where}/{name}"))
             if dtype == torch.bool:
                 flat = torch.zeros(numel, dtype=torch.bool)
                 flat[mask] = values
