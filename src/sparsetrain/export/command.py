@@ -54,8 +54,11 @@ def export(source: str, *, config: str | None, fmt: str, out: str, overwrite: bo
     if out_path.exists() and not overwrite:
         raise UserError(f"--out {out!r} exists; pass --overwrite to replace it")
     weights, config_path = _source(source, config)
-    run_config = load_config(config_path, [])
-    setup = build_setup(run_config, lay_out=False, load_init=False)
+    # Only the ONNX check runs the model on data; the other formats build the model as `plan` does,
+    # without reading the dataset where the task can tell its shapes without it (ImageNet, CIFAR-10).
+    needs_data = fmt == "onnx"
+    run_config = load_config(config_path, [], check_files=needs_data)
+    setup = build_setup(run_config, lay_out=False, load_init=False, read_data=needs_data)
     model = setup.model
     load_model_weights(model, weights)
     dense_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
