@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import copy
 import sys
-import warnings
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch

@@ -47,9 +47,9 @@ def _pruned_model(name: str, sparsity: float = 0.9):
 
 def _same_bits(a: dict, b: dict, ordered: bool = True) -> None:
     assert list(a) == list(b) if ordered else sorted(a) == sorted(b)
-    for key in a:
-        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
-        assert a[key].reshape(-1).view(torch.uint8).equal(b[key].reshape(-1).view(torch.uint8)), key
+    for key, value in a.items():
+        assert value.dtype == b[key].dtype and value.shape == b[key].shape, key
+        assert value.reshape(-1).view(torch.uint8).equal(b[key].reshape(-1).view(torch.uint8)), key
 
 
 def test_every_registered_model_is_covered():
@@ -99,7 +99,7 @@ def test_pruned_positions_decode_to_plus_zero(tmp_path):
 
 
 def test_tensors_whose_zeros_do_not_pay_stay_dense():
-    entries, info = encode({"w": torch.ones(8, 8), "b": torch.zeros(8), "z": torch.zeros(8, 8)})
+    entries, _ = encode({"w": torch.ones(8, 8), "b": torch.zeros(8), "z": torch.zeros(8, 8)})
     assert set(entries) == {"dense/w", "dense/b", "values/z", "indices/z"}  # no kept value: no index either
 
 
@@ -177,9 +177,9 @@ def test_targets_of_select_targets_match_mask_names():
 def tiny_run(tmp_path_factory):
     """A finished tiny run (MLP 64-16-10 on digits, GP 0.5): its directory and its config file."""
     import yaml
+    from tiny_config import tiny_config
 
     from sparsetrain.cli import main
-    from tiny_config import tiny_config
 
     root = tmp_path_factory.mktemp("tiny_run")
     config = root / "tiny.yaml"
@@ -228,11 +228,11 @@ def test_cli_export_refuses_to_overwrite_and_bad_sources(tiny_run, tmp_path, cap
 
 def test_init_checkpoint_from_a_sparse_export_starts_from_its_weights(tiny_run, tmp_path):
     import yaml
+    from tiny_config import tiny_config
 
     from sparsetrain.config import load_config
     from sparsetrain.runner.setup import build_setup
     from sparsetrain.safe_pickle import safe_torch_load
-    from tiny_config import tiny_config
 
     run_dir, _ = tiny_run
     exported = tmp_path / "m.safetensors"
@@ -262,10 +262,10 @@ def test_onnx_export_matches_pytorch(name, tmp_path):
 
 def test_finetune_from_a_sparse_export_keeps_its_masks(tiny_run, tmp_path):
     import yaml
+    from tiny_config import tiny_config
 
     from sparsetrain.cli import main
     from sparsetrain.safe_pickle import safe_torch_load
-    from tiny_config import tiny_config
 
     run_dir, _ = tiny_run
     exported = tmp_path / "m.safetensors"

@@ -80,7 +80,7 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: str | os.Pat
                 torch.onnx.export(model, (sample,), str(tmp), input_names=["input"], output_names=["logits"],
                                   dynamic_shapes=({0: batch},), dynamo=True, external_data=False,
                                   verbose=False)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any exporter failure is one line naming the model
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise UserError(f"torch.onnx.export failed for {type(model).__name__}: {first[:200]}") from None
             finally:

@@ -250,7 +250,7 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     _, metadata = _read_header(path, data)
     try:
         entries = load(data)
-    except Exception as exc:  # safetensors raises SafetensorError for truncated or inconsistent files
+    except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError (and others) for bad files
         raise _fail(path, f"corrupt or truncated safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     return entries, metadata
 
@@ -274,10 +274,10 @@ def _decode(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor
         raise _fail(path, f"{FORMAT_NAME} format version {version!r}; this sparsetrain reads version {FORMAT_VERSION!r}")
     try:
         records = json.loads(metadata["tensors"])
-        if not isinstance(records, dict):
-            raise ValueError
     except (KeyError, ValueError):
-        raise _fail(path, "the 'tensors' metadata is missing or not a JSON object") from None
+        records = None
+    if not isinstance(records, dict):
+        raise _fail(path, "the 'tensors' metadata is missing or not a JSON object")
     state: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
     used = set()
