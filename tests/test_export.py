@@ -297,3 +297,21 @@ def test_very_sparse_tensors_use_indices_and_round_trip(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(save(entries, metadata=info))
     assert "increasing" in _one_line_error(bad)
+
+
+def test_dense_export_as_init_and_bad_files_through_the_cli(tiny_run, tmp_path, capsys):
+    from sparsetrain.cli import main
+    from sparsetrain.runner.checkpoint import init_masks, load_state_dict_from
+    from sparsetrain.safe_pickle import safe_torch_load
+
+    run_dir, config = tiny_run
+    dense = tmp_path / "d.safetensors"
+    assert main(["export", str(run_dir), "--format", "safetensors", "--out", str(dense)]) == 0
+    _same_bits(safe_torch_load(run_dir / "model_final.pt"), load_state_dict_from(dense), ordered=False)
+    assert init_masks(dense, []) is None  # a dense file carries no masks
+    capsys.readouterr()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(pickle.dumps({"w": 1}))
+    assert main(["eval", str(bad), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.safetensors" in err and "Traceback" not in err
