@@ -226,22 +226,30 @@ def test_cli_export_refuses_to_overwrite_and_bad_sources(tiny_run, tmp_path, cap
     assert err.count("\n") == 1 and "nothing" in err
 
 
-def test_init_checkpoint_from_a_sparse_export_starts_from_its_weights(tiny_run, tmp_path):
+def _finetune_from_export(run_dir, tmp_path):
+    """Export ``run_dir`` as a sparse file and write a 1-epoch finetune config starting from it:
+    (exported file, config path)."""
     import yaml
     from tiny_config import tiny_config
 
-    from sparsetrain.config import load_config
-    from sparsetrain.runner.setup import build_setup
-    from sparsetrain.safe_pickle import safe_torch_load
-
-    run_dir, _ = tiny_run
-    exported = tmp_path / "m.safetensors"
     from sparsetrain.cli import main
+
+    exported = tmp_path / "m.safetensors"
     assert main(["export", str(run_dir), "--format", "sparse", "--out", str(exported)]) == 0
     config = tmp_path / "ft.yaml"
     config.write_text(yaml.safe_dump(tiny_config(init={"checkpoint": str(exported)},
                                                  stages=[{"kind": "finetune", "epochs": 1}],
                                                  output_dir=str(tmp_path / "ft"))))
+    return exported, config
+
+
+def test_init_checkpoint_from_a_sparse_export_starts_from_its_weights(tiny_run, tmp_path):
+    from sparsetrain.config import load_config
+    from sparsetrain.runner.setup import build_setup
+    from sparsetrain.safe_pickle import safe_torch_load
+
+    run_dir, _ = tiny_run
+    _, config = _finetune_from_export(run_dir, tmp_path)
     setup = build_setup(load_config(config), lay_out=False)
     _same_bits(safe_torch_load(run_dir / "model_final.pt"), setup.model.state_dict())
     masks = MaskSet.from_nonzero(setup.targets)  # the zeros carry the masks
@@ -261,19 +269,11 @@ def test_onnx_export_matches_pytorch(name, tmp_path):
 
 
 def test_finetune_from_a_sparse_export_keeps_its_masks(tiny_run, tmp_path):
-    import yaml
-    from tiny_config import tiny_config
-
     from sparsetrain.cli import main
     from sparsetrain.safe_pickle import safe_torch_load
 
     run_dir, _ = tiny_run
-    exported = tmp_path / "m.safetensors"
-    assert main(["export", str(run_dir), "--format", "sparse", "--out", str(exported)]) == 0
-    config = tmp_path / "ft.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(init={"checkpoint": str(exported)},
-                                                 stages=[{"kind": "finetune", "epochs": 1}],
-                                                 output_dir=str(tmp_path / "ft"))))
+    exported, config = _finetune_from_export(run_dir, tmp_path)
     assert main(["run", str(config)]) == 0
     after = safe_torch_load(tmp_path / "ft" / "model_final.pt")
     before = safe_torch_load(run_dir / "model_final.pt")

@@ -48,7 +48,7 @@ from ..sparsity.random_masks import random_masks
 from .base import StageContext, StageLayout, distribution_cell, kind_cell
 from .checks import check_group, check_per_tensor
 from .events import MaskEvent
-from .schema import PartitionConfig, StrictModel
+from .schema import PartitionConfig, StrictModel, with_pattern_sparsity
 from ..errors import UserError
 
 
@@ -76,15 +76,7 @@ class GaPStage(StrictModel):
     lr_schedule: dict[str, Any] = Field(default_factory=dict)
     pattern: str | None = Field(None, description="structured prune-backs: 'N:M' (e.g. '2:4') or 'RxC' blocks")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _pattern_sparsity(cls, data: Any) -> Any:
-        """With an N:M pattern, an omitted sparsity is ``1 - N/M`` (checked against it otherwise)."""
-        if isinstance(data, Mapping) and isinstance(data.get("pattern"), str) and "sparsity" not in data:
-            implied = parse_pattern(data["pattern"]).sparsity
-            if implied is not None:
-                data = {**data, "sparsity": implied}
-        return data
+    _pattern_sparsity = model_validator(mode="before")(classmethod(with_pattern_sparsity))
 
     @model_validator(mode="after")
     def _consistent(self) -> GaPStage:

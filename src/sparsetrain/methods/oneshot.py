@@ -24,7 +24,7 @@ from ..sparsity.targets import Selector
 from .base import StageContext, StageLayout
 from .checks import check_group, check_min_threshold, check_per_tensor, last_keeping
 from .events import MaskEvent, one_shot_prune
-from .schema import StrictModel
+from .schema import StrictModel, with_pattern_sparsity
 from ..errors import UserError
 
 
@@ -36,15 +36,7 @@ class PruneStage(StrictModel):
     seed: int | None = Field(None, ge=0, description="random pruning: seed of the positions (default: run seed)")
     pattern: str | None = Field(None, description="structured pruning: 'N:M' (e.g. '2:4') or 'RxC' blocks (e.g. '1x8')")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _pattern_sparsity(cls, data: Any) -> Any:
-        """With an N:M pattern, an omitted sparsity is ``1 - N/M`` (checked against it otherwise)."""
-        if isinstance(data, Mapping) and isinstance(data.get("pattern"), str) and "sparsity" not in data:
-            implied = parse_pattern(data["pattern"]).sparsity
-            if implied is not None:
-                data = {**data, "sparsity": implied}
-        return data
+    _pattern_sparsity = model_validator(mode="before")(classmethod(with_pattern_sparsity))
 
     @model_validator(mode="after")
     def _consistent(self) -> PruneStage:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -46,3 +47,18 @@ class PartitionConfig(StrictModel):
         "blocks", description="layers | balanced | blocks | stages | a preset (resnet_stages, resnet50_blocks, "
         "transformer_2/3/6) | a list of name regexes, one per partition")
     kappa: int | None = Field(None, ge=1, description="number of partitions (implied by presets and regex lists)")
+
+
+def with_pattern_sparsity(cls: type, data: Any) -> Any:
+    """A stage mapping whose omitted ``sparsity`` is the one its N:M ``pattern`` implies (``1 - N/M``).
+
+    The "before" validator of the stages that take a ``pattern``; a given sparsity is checked against
+    the pattern after validation.
+    """
+    from ..sparsity.patterns import parse_pattern
+
+    if isinstance(data, Mapping) and isinstance(data.get("pattern"), str) and "sparsity" not in data:
+        implied = parse_pattern(data["pattern"]).sparsity
+        if implied is not None:
+            data = {**data, "sparsity": implied}
+    return data
