@@ -6,7 +6,7 @@ In one process, for two models,
   mode; ``resnet18`` at a smaller 3x64x64 input in ``--quick`` mode (the CPU budget of ``make bench``);
 * **MLP** -- a BERT-sized stack of 4 feed-forward blocks, ``Linear(768, 3072) -> GELU ->
   Linear(3072, 768) -> GELU``, one sample being one 768-wide token vector. It stands in for the
-  Transformer, whose task (issue 10) is not built yet;
+  Transformer, whose task (issue 12) is not built yet;
 
 each pruned with sparsetrain's own engine (``sparsetrain.prune(model, s, method="uniform")``:
 per-layer magnitude pruning, every conv and Linear weight at exactly ``s``, built on
