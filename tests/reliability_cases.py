@@ -818,8 +818,17 @@ CASES: list[Case] = [
               r"stages.1.sparsity=2", command=PLAN),
 
     # ---- CLI misuse ----------------------------------------------------------------------------
-    _c("cli-no-command", "cli", "no command at all", (), r"give a COMMAND: run, plan, eval, report, demo "
+    _c("cli-no-command", "cli", "no command at all", (), r"give a COMMAND: run, plan, eval, report, demo, export "
        r"\(see 'sparsetrain --help'\)"),
+    _c("export-source-missing", "cli", "export of a path that does not exist",
+       ("export", "{tmp}/nothing", "--format", "sparse", "--out", "{tmp}/x.safetensors"),
+       r"cannot export '.*nothing': no such run directory or checkpoint file", after=absent("x.safetensors")),
+    _c("safetensors-truncated", "checkpoint", "a 3-byte file named .safetensors given to eval",
+       ("eval", "{tmp}/bad.safetensors", "--config", "{cfg}"),
+       r"cannot load '.*bad\.safetensors': 3 bytes is too short for a safetensors file \(truncated or empty\)",
+       setup=write("bad.safetensors", "hi\n")),
+    _c("export-format-unknown", "cli", "export --format zip", ("export", "{tmp}/nothing", "--format", "zip", "--out",
+       "{tmp}/x"), r"argument --format: invalid choice: 'zip' \(choose from 'sparse', 'safetensors', 'onnx'\)"),
     _c("cli-unknown-command", "cli", "unknown command 'train'", ("train", "{cfg}"),
        r"argument COMMAND: invalid choice: 'train' \(choose from .*\) \(see 'sparsetrain --help'\)"),
     _c("cli-unknown-option", "cli", "unknown option --fast", ("run", "{cfg}", "--fast"),
