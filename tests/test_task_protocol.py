@@ -219,3 +219,16 @@ def test_a_task_with_its_own_batching_drives_the_loop_and_resumes_exactly(tmp_pa
     resumed = run(stopped, resume=True, log=lambda line: None)
     for key, value in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_eval_batches_bounds_and_restores_the_model_mode():
+    config = parse_config({"task": {"model": {"name": "mlp", "options": {"hidden": [8]}}},
+                           "stages": [{"kind": "dense", "epochs": 1}]})
+    task = build_task(config)
+    model = task.build_model()
+    loader = DataLoader(task.eval_set, batch_size=50)
+    modes = [model.training for _ in task.eval_batches(model, loader, torch.device("cpu"), max_batches=3)]
+    assert modes == [False, False, False] and model.training  # 3 batches in eval mode, then train mode again
+    for _ in task.eval_batches(model.eval(), loader, torch.device("cpu")):
+        break  # abandoned early: the mode it had (eval) comes back
+    assert not model.training

@@ -46,18 +46,12 @@ class ToyRegressionTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, loader: DataLoader, device, max_batches=None):
-        was_training = model.training
-        model.eval()
         squared, absolute, seen = 0.0, 0.0, 0
-        for index, batch in enumerate(loader):
-            if max_batches is not None and index >= max_batches:
-                break
-            inputs, targets = self.to_device(batch, device)
+        for inputs, targets in self.eval_batches(model, loader, device, max_batches):
             error = model(inputs).float() - targets
             squared += float((error ** 2).sum())
             absolute += float(error.abs().sum())
             seen += targets.numel()
-        model.train(was_training)
         return {"loss": squared / seen, "mae": absolute / seen, "seen": float(seen)}
 
 

@@ -14,6 +14,7 @@ show it (``title`` and ``short`` column names, ``percent`` when the value is in 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -135,6 +136,23 @@ class Task:
                  max_batches: int | None = None) -> dict[str, float]:
         """Metrics over ``loader`` (its first ``max_batches`` batches when given), names without a split."""
         raise NotImplementedError
+
+    def eval_batches(self, model: nn.Module, loader: DataLoader, device: torch.device,
+                     max_batches: int | None = None) -> Iterator[Any]:
+        """The batches of ``loader`` on ``device`` (its first ``max_batches`` when given) with ``model`` in
+        eval mode; the model's train/eval mode is restored when the iteration ends or is abandoned.
+
+        The loop every :meth:`evaluate` needs; call it under ``torch.no_grad()``.
+        """
+        was_training = model.training
+        model.eval()
+        try:
+            for index, batch in enumerate(loader):
+                if max_batches is not None and index >= max_batches:
+                    break
+                yield self.to_device(batch, device)
+        finally:
+            model.train(was_training)
 
     def eval_loader(self, batch_size: int) -> DataLoader:
         return DataLoader(self.eval_set, batch_size=batch_size, collate_fn=self.collate_fn)

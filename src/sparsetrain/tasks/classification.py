@@ -111,18 +111,12 @@ class ClassificationTask(Task):
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device,
                  max_batches: int | None = None) -> dict[str, float]:
         """``loss`` (plain cross-entropy, no smoothing) and ``top1`` in percent."""
-        was_training = model.training
-        model.eval()
         loss_sum, correct, seen = 0.0, 0, 0
-        for index, batch in enumerate(loader):
-            if max_batches is not None and index >= max_batches:
-                break
-            inputs, labels = self.to_device(batch, device)
+        for inputs, labels in self.eval_batches(model, loader, device, max_batches):
             logits = model(inputs).float()
             loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(dim=1) == labels).sum())
             seen += labels.numel()
-        model.train(was_training)
         return {"loss": loss_sum / max(seen, 1), "top1": 100.0 * correct / max(seen, 1)}
 
 
