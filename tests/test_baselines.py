@@ -11,9 +11,17 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparsetrain.config import load_config
-from sparsetrain.methods import MaskEvent, apply_dst_event, drop_and_grow_, dst_events, gmp_events, gmp_sparsity
+from sparsetrain.methods import (
+    MaskEvent,
+    apply_dst_event,
+    drop_and_grow_,
+    dst_events,
+    gmp_events,
+    gmp_sparsity,
+)
+from sparsetrain.runner.setup import resolve_timeline
 from sparsetrain.runner.timeline import sparsity_after_events
-from sparsetrain.runner.train import resolve_timeline, run
+from sparsetrain.runner.train import run
 from sparsetrain.sparsity import MaskSet, select_targets
 from sparsetrain.tasks import build_task
 

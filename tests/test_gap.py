@@ -118,7 +118,7 @@ PGAP = {"kind": "pgap", "sparsity": 0.8, "partitions": {"scheme": "blocks", "kap
 def test_plan_matches_the_events_of_a_run(tmp_path, stage):
     config = load_config(_write(tmp_path, "r", stage))
     result = run(config, log=lambda line: None)
-    from sparsetrain.runner.train import resolve_timeline
+    from sparsetrain.runner.setup import resolve_timeline
     from sparsetrain.tasks import build_task
 
     targets = select_targets(result.model)

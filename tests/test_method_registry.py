@@ -15,13 +15,14 @@ import torch.nn.functional as F
 from sparsetrain import config as config_module
 from sparsetrain.cli import main
 from sparsetrain.config import parse_config
+from sparsetrain.data.batching import derived_seed, epoch_batches
 from sparsetrain.data.registry import load_dataset
 from sparsetrain.methods import REGISTRY, MethodScheduler, stage_schemas
 from sparsetrain.models import build_model
-from sparsetrain.data.batching import derived_seed, epoch_batches
 from sparsetrain.runner.components import build_optimizer, epoch_loader, seed_everything
+from sparsetrain.runner.setup import resolve_timeline
 from sparsetrain.runner.timeline import sparsity_after_events
-from sparsetrain.runner.train import resolve_timeline, run
+from sparsetrain.runner.train import run
 from sparsetrain.sparsity import select_targets
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -16,8 +16,9 @@ from torch import nn
 
 import sparsetrain
 from sparsetrain.config import parse_config
+from sparsetrain.runner.setup import resolve_timeline
 from sparsetrain.runner.timeline import sparsity_after_events
-from sparsetrain.runner.train import resolve_timeline, run
+from sparsetrain.runner.train import run
 from sparsetrain.sparsity import select_targets
 from sparsetrain.sparsity.errors import SparsityError
 from sparsetrain.sparsity.patterns import (

@@ -21,7 +21,7 @@ from sparsetrain.runner.preflight import (
     check_run,
     world_size_from_environment,
 )
-from sparsetrain.runner.train import resolve_timeline
+from sparsetrain.runner.setup import resolve_timeline
 from sparsetrain.sparsity import SparsityError, select_targets
 
 TINY = tiny_config(name="pre")

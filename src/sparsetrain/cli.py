@@ -305,11 +305,9 @@ def _list(args: argparse.Namespace) -> int:
     from .sparsity.partitions import PRESETS, SCHEMES
     from .sparsity.prune import METHODS as PRUNE_BUDGETS
 
-    try:
-        from .tasks.registry import task_kinds
-        tasks = list(task_kinds())
-    except ImportError:  # no task registry: the one built-in task
-        tasks = ["classification"]
+    from .tasks.registry import task_kinds
+
+    tasks = task_kinds()
     methods = [f"{kind} (method: {', '.join(PRUNE_BUDGETS)})" if kind == "prune" else kind for kind in REGISTRY]
     for heading, names in (("tasks", tasks), ("datasets", list(DATASETS)), ("models", list(MODELS)),
                            ("methods", methods), ("partitions", [*SCHEMES, *PRESETS])):

@@ -96,7 +96,7 @@ from .outputs import (
 from .pgap_rounds import RoundState, train_pgap_stage
 from .progress import progress_bar
 from .run_dir import check_run_dir, prepare_run_dir
-from .setup import build_setup, resolve_timeline  # noqa: F401  (resolve_timeline: used from here by tests)
+from .setup import build_setup
 from .timeline import TIMELINE_FILE, Segment, StageSpan, stage_context, timeline_record
 
 CHECKPOINT = "checkpoint.pt"
@@ -151,15 +151,14 @@ class _Run:
         self.dist: DistContext | None = None
         self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, when data-parallel
         self.eval_loader = self.task.eval_loader(config.data.eval_batch_size)
-        # A run with mask events has its masks (dense until the first event) and their Sparsifier from
-        # the start; the Sparsifier enforces them after each update once an event has set them.
-        self.sparsifier = (Sparsifier(self.model, MaskSet(self.targets, model_numel=self.model_numel))
-                           if self.schedule else None)
-        # init.checkpoint a `sparse` export (issue 15): its masks hold from the first step, events or not.
-        loaded_masks = init_masks(config.init.checkpoint, self.targets, self.model_numel)
-        if loaded_masks is not None:
-            self.sparsifier = Sparsifier(self.model, loaded_masks)
-        self.masks_from_init = loaded_masks is not None
+        # The masks and their Sparsifier exist from the start: those of an init.checkpoint that is a `sparse`
+        # export (enforced from the first step), else, in a run with mask events, dense ones that the
+        # Sparsifier enforces after each update once an event has set them.
+        masks = init_masks(config.init.checkpoint, self.targets, self.model_numel)
+        self.masks_from_init = masks is not None
+        if masks is None and self.schedule:
+            masks = MaskSet(self.targets, model_numel=self.model_numel)
+        self.sparsifier = Sparsifier(self.model, masks) if masks is not None else None
         self.optimizer: torch.optim.Optimizer | None = None
         self.pending_optimizer_state: dict | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.training.amp == "fp16")
@@ -533,14 +532,16 @@ class _Run:
                 self.log(f"stage {span.index} {span.kind} epoch {stage_epoch}/{span.epochs}: train loss {loss:.4f}, "
                          f"test {self.task.format_primary(entry[self.task.primary_key()])}, "
                          f"sparsity {entry['sparsity']:.4f}")
-            if last:
-                self.stage_index += 1
-            if last or stage_epoch % training.checkpoint_every == 0:
+            if not last and stage_epoch % training.checkpoint_every == 0:
                 self.save()
-        if self.stage_index == span.index:  # no epoch was left to train here (P-GaP without fine-tuning epochs)
-            self.apply_due_events(span)
-            self.stage_index += 1
-            self.save()
+        self.end_stage(span)
+
+    def end_stage(self, span: StageSpan) -> None:
+        """Apply the events due at the end of ``span`` (none left if its last epoch applied them), move the
+        position to the next stage and checkpoint it. Every stage ends here, trained or not."""
+        self.apply_due_events(span)
+        self.stage_index += 1
+        self.save()
 
     def setup_data_parallel(self) -> None:
         """Under torchrun without a P-GaP stage: wrap the model in DistributedDataParallel."""
@@ -567,9 +568,7 @@ class _Run:
     def run(self) -> RunResult | None:
         for span in self.timeline.stages[self.stage_index:]:
             if not method_for(span.kind).TRAINS:  # a one-shot mask event
-                self.apply_due_events(span)
-                self.stage_index += 1
-                self.save()
+                self.end_stage(span)
             elif trains_with_workers(span.kind):  # P-GaP: kappa workers per round, then a merge
                 train_pgap_stage(self, span)
                 if not self.is_main:
