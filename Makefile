@@ -21,7 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Quick modes (about 30 minutes in all on 2 cores, half of it bench/quality.py); each script's --help shows the full mode.
+# Quick modes (estimated at about 30 minutes on 2 cores, half of it bench/quality.py; not timed as a whole); each script's --help shows the full mode.
 bench: $(STAMP)
 	$(BIN)/python bench/selection.py --quick
 	$(BIN)/python bench/selection.py --quick --scaling
