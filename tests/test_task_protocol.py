@@ -70,12 +70,16 @@ def test_defaults_keep_the_fingerprint_of_earlier_runs():
     assert changed.fingerprint() != config.fingerprint()
 
 
-def test_max_eval_batches_bounds_classification_evaluation():
+def _digits_mlp():
+    """(classification task on digits, an MLP 64-8-10, a loader of its evaluation split in batches of 50)."""
     config = parse_config({"task": {"model": {"name": "mlp", "options": {"hidden": [8]}}},
                            "stages": [{"kind": "dense", "epochs": 1}]})
     task = build_task(config)
-    model = task.build_model()
-    loader = DataLoader(task.eval_set, batch_size=50)
+    return task, task.build_model(), DataLoader(task.eval_set, batch_size=50)
+
+
+def test_max_eval_batches_bounds_classification_evaluation():
+    task, model, loader = _digits_mlp()
     full = task.evaluate(model, loader, torch.device("cpu"))
     first = task.evaluate(model, loader, torch.device("cpu"), max_batches=1)
     assert set(full) == {"loss", "top1"} and ClassificationTask.PRIMARY == ("top1", "max")
@@ -222,11 +226,7 @@ def test_a_task_with_its_own_batching_drives_the_loop_and_resumes_exactly(tmp_pa
 
 
 def test_eval_batches_bounds_and_restores_the_model_mode():
-    config = parse_config({"task": {"model": {"name": "mlp", "options": {"hidden": [8]}}},
-                           "stages": [{"kind": "dense", "epochs": 1}]})
-    task = build_task(config)
-    model = task.build_model()
-    loader = DataLoader(task.eval_set, batch_size=50)
+    task, model, loader = _digits_mlp()
     modes = [model.training for _ in task.eval_batches(model, loader, torch.device("cpu"), max_batches=3)]
     assert modes == [False, False, False] and model.training  # 3 batches in eval mode, then train mode again
     for _ in task.eval_batches(model.eval(), loader, torch.device("cpu")):
