@@ -101,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="effective training throughput of one GPU for the GPU-hours estimate (default %(default)s)")
 
     p = commands.add_parser(
-        "eval", help="print a checkpoint's per-layer sparsity table and its test top-1 and loss",
+        "eval", help="print a checkpoint's per-layer sparsity table and its test metrics (top-1, BLEU, ...)",
         description="Load CHECKPOINT into the model of --config and print its per-layer sparsity table (counted "
-        "from the zero weights of the targets) and one line with test top-1, test loss and sparsity over the "
+        "from the zero weights of the targets) and one line with the task's test metrics (top-1 and loss; BLEU, chrF, "
+        "loss and perplexity for translation) and sparsity over the "
         "targets and over all parameters; with --masks, first one line with that mask file's sparsity and the "
         "number of weights that are non-zero where it prunes. key=value overrides may come before or after "
         "the options.")
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the config that defines task, model and targets")
     p.add_argument("--masks", help="a mask list in modules() order (the GPMT reference's weight_mask.npy, or "
                    "our torch mask file): report its sparsity and check the weights are zero where it prunes")
+    p.add_argument("--dict", dest="dictionary", metavar="DICT_TXT",
+                   help="translation: the dictionary the checkpoint was trained with, where the checkpoint holds "
+                   "none (e.g. a P-GaP combine checkpoint of the GaP fork); same as task.dataset.options.dict=DICT_TXT")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config keys, e.g. device=cuda")
 
     p = commands.add_parser(
@@ -232,16 +236,16 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from .config import load_config
-    from .runner.checkpoint import load_model_weights
     from .runner.components import resolve_device
-    from .runner.setup import build_setup
+    from .runner.setup import build_setup, load_weights
     from .sparsity import MaskSet
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"task.dataset.options.dict={args.dictionary}"] if args.dictionary else [])
+    config = load_config(args.config, overrides)
     device = resolve_device(config.device)
     setup = build_setup(config, device=device, load_init=False, lay_out=False)
     task, model, targets = setup.task, setup.model, setup.targets
-    load_model_weights(model, args.checkpoint)
+    load_weights(task, model, args.checkpoint)
     masks = MaskSet.from_nonzero(targets, model_numel=setup.model_numel)
     with torch.no_grad():
         metrics = task.evaluate(model, task.eval_loader(config.data.eval_batch_size), device,

@@ -84,6 +84,8 @@ class TaskConfig(_Strict):
                       "of your own registers itself in a module named under the top-level `imports:`")
     dataset: DatasetConfig = DatasetConfig()
     model: ModelConfig = ModelConfig()
+    options: dict[str, Any] = Field(default_factory=dict, description="the task's own settings, checked by the "
+                                    "task (translation: batching by max_tokens, beam search, BLEU)")
 
     @field_validator("kind")
     @classmethod
@@ -158,6 +160,10 @@ class TrainingConfig(_Strict):
         "training RNG; inputs lam*x + (1-lam)*x[perm], loss lam*CE(y) + (1-lam)*CE(y[perm]), both with "
         "label_smoothing; evaluation unchanged. null or 0: off; else a finite number > 0")
     grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
+    update_freq: int = Field(
+        1, ge=1, description="micro-batches per optimizer step over all processes, gradients accumulated (a "
+        "token-batched task: batches of max_tokens per step, so fairseq's --update-freq U on W GPUs is U*W here "
+        "and the config trains the same with any number of processes); must be a multiple of WORLD_SIZE")
     amp: Literal["off", "bf16", "fp16"] = "off"
     eval_every: int = Field(1, ge=1, description="epochs between evaluations (the last epoch always evaluates)")
     max_eval_batches: int | None = Field(
@@ -295,7 +301,8 @@ class RunConfig(_Strict):
 
 _ADDED_AFTER_0_1 = (("training", "on_nonfinite"), ("training", "max_eval_batches"), ("imports",),
                     ("targets", "dense_first"), ("targets", "dense_last"),
-                    ("training", "mixup_alpha"))
+                    ("training", "mixup_alpha"), ("training", "update_freq"),
+                    ("task", "options"))
 """Trajectory-shaping fields newer than 0.1: hashed only when set away from their default."""
 
 _STAGE_KEYS_ADDED_AFTER_0_1 = ("pattern",)

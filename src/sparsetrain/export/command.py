@@ -42,8 +42,7 @@ def _source(source: str, config: str | None) -> tuple[Path, Path]:
 def export(source: str, *, config: str | None, fmt: str, out: str, overwrite: bool = False) -> str:
     """Export ``source`` to ``out`` in format ``fmt``; returns the one-line summary the command prints."""
     from ..config import load_config
-    from ..runner.checkpoint import load_model_weights
-    from ..runner.setup import build_setup
+    from ..runner.setup import build_setup, load_weights
     from .sparse_format import save_dense, save_sparse
 
     if fmt not in FORMATS:
@@ -60,7 +59,7 @@ def export(source: str, *, config: str | None, fmt: str, out: str, overwrite: bo
     run_config = load_config(config_path, [], check_files=needs_data)
     setup = build_setup(run_config, lay_out=False, load_init=False, read_data=needs_data)
     model = setup.model
-    load_model_weights(model, weights)
+    load_weights(setup.task, model, weights)
     dense_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if fmt == "onnx":
         from .onnx_export import export_onnx

@@ -175,7 +175,11 @@ def init_masks(path: str | Path | None, targets: list, model_numel: int | None =
 
 def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load ``path`` strictly into ``model``; mismatches are one-line errors naming keys."""
-    state = load_state_dict_from(path)
+    load_state_into(model, load_state_dict_from(path), path)
+
+
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load ``state`` (read from ``path``) strictly into ``model``; mismatches are one-line errors naming keys."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

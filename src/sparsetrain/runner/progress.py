@@ -13,13 +13,13 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def progress_bar(iterable: Iterable[T], description: str, enabled: bool) -> Iterable[T]:
+def progress_bar(iterable: Iterable[T], description: str, enabled: bool, total: int | None = None) -> Iterable[T]:
     """``iterable`` wrapped in a tqdm bar if ``enabled`` and stderr is a terminal, else ``iterable`` itself."""
     if not enabled or not _stderr_is_terminal():
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=description, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, desc=description, leave=False, dynamic_ncols=True, total=total)
 
 
 def _stderr_is_terminal() -> bool:

@@ -24,7 +24,7 @@ from ..sparsity.partitions import partition_targets
 from ..sparsity.targets import parameter_count
 from ..tasks import build_task, get_task
 from ..tasks.base import Task
-from .checkpoint import load_model_weights
+from .checkpoint import load_model_weights, load_state_into
 from .components import build_lr_schedule, parse_selectors, seed_everything
 from .preflight import check_run
 from .timeline import Timeline, build_timeline
@@ -76,7 +76,7 @@ def build_setup(config: RunConfig, *, device: torch.device | None = None, read_d
     if device is not None:
         model = model.to(device)
     if load_init and config.init.checkpoint:
-        load_model_weights(model, config.init.checkpoint)
+        load_weights(task, model, config.init.checkpoint)
     targets, kept_dense = config_targets(model, config)
     timeline = None
     if lay_out:
@@ -84,6 +84,15 @@ def build_setup(config: RunConfig, *, device: torch.device | None = None, read_d
         check_run(config, targets, timeline)  # what can be refused without data, before any epoch
     return RunSetup(config, task, model, targets, example, num_train, spe, timeline, parameter_count(model),
                     kept_dense)
+
+
+def load_weights(task: Task | None, model: nn.Module, path: str) -> None:
+    """Load checkpoint ``path`` strictly into ``model``, read by the task when it maps key names."""
+    state = task.read_weights(path) if task is not None else None
+    if state is None:
+        load_model_weights(model, path)
+    else:
+        load_state_into(model, state, path)
 
 
 def config_targets(model: nn.Module, config: RunConfig) -> tuple[list[Target], list[tuple[str, str]]]:

@@ -383,14 +383,13 @@ class _Run:
         per_iteration = span.lr_schedule.unit == "iteration"
         segment_start_step = segment.start_epoch * spe
         training = self.config.training
-        autocast = autocast_context(training.amp, self.device)
         rank, world = (self.dist.rank, self.dist.world_size) if self.ddp is not None else (0, 1)
         # Every rank runs this loop in step with the others (DDP, or P-GaP workers), so they can agree
         # on a stop; P-GaP's fine-tuning runs on rank 0 alone.
         lockstep = self.dist is not None and (self.ddp is not None or stream > 0)
-        shards, global_sizes = self.task.epoch_batches(epoch, stream, rank, world)
-        if len(shards) != spe:
-            raise RuntimeError(f"task {self.task.kind!r} gave {len(shards)} batches for epoch {epoch}, but its "
+        steps, global_sizes = self.task.step_micro_batches(epoch, stream, rank, world)
+        if len(steps) != spe:
+            raise RuntimeError(f"task {self.task.kind!r} gave {len(steps)} batches for epoch {epoch}, but its "
                                f"steps_per_epoch() is {spe}")
         done = self.step - epoch * spe  # batches of this epoch trained before a mid-epoch checkpoint
         if done == 0:
@@ -399,33 +398,24 @@ class _Run:
         # each update); otherwise every loss_read_every steps and at the epoch's end.
         read_each_step = self.loss_read_every == 1 or training.on_nonfinite == "skip"
         window_start = self.step
-        loader = epoch_loader(self.task.train_set, self.config.data, shards,
-                              derived_seed(self.config.seed, epoch, stream, 1), skip=done,
+        flat = [micro for step in steps for micro in step]
+        skipped = sum(len(step) for step in steps[:done])
+        loader = epoch_loader(self.task.train_set, self.config.data, flat,
+                              derived_seed(self.config.seed, epoch, stream, 1), skip=skipped,
                               collate_fn=self.task.collate_fn)
-        batches = progress_bar(loader, f"stage {span.index} {span.kind} epoch {epoch - span.start_epoch + 1}/"
-                               f"{span.epochs}", training.progress and self.is_main)
+        grouped = _grouped(loader, [len(step) for step in steps[done:]])
+        batches = progress_bar(grouped, f"stage {span.index} {span.kind} epoch {epoch - span.start_epoch + 1}/"
+                               f"{span.epochs}", training.progress and self.is_main, total=spe - done)
         network = self.ddp if self.ddp is not None else self.model
         self.model.train()
         lr = 0.0
-        for batch_index, (batch, global_size) in enumerate(zip(batches, global_sizes[done:]), done):
+        for batch_index, (micro_batches, global_size) in enumerate(zip(batches, global_sizes[done:]), done):
             if self.next_event_step() == self.step:
                 self.apply_due_events(span)
             lr = schedule.lr_at(self.step - segment_start_step if per_iteration else epoch - segment.start_epoch)
             set_lr(self.optimizer, lr)
-            batch = self.task.to_device(batch, self.device)
-            with autocast:
-                loss, count = self.task.loss(network, batch)
-            detached = loss.detach()
-            loss_value = float(detached) if read_each_step else None
-            finite = loss_value is None or math.isfinite(loss_value) or self.nonfinite_loss(
-                span, epoch, loss_value, self.task.batch_inputs(batch))
-            # DDP averages gradients over ranks; weighting each rank's mean by its share of the global
-            # batch makes that average the gradient of the global batch's mean, even for uneven shards.
-            # A task counting tokens (not examples) learns the global count from the other ranks.
-            share = count * world / self.global_count(count, global_size) if world > 1 else 1.0
-            self.optimizer.zero_grad(set_to_none=not finite)
-            if finite:
-                self.scaler.scale(loss * share if world > 1 else loss).backward()
+            finite, loss_value, step_loss, step_count = self.accumulate_gradients(
+                network, micro_batches, global_size, world, span, epoch, read_each_step)
             if self.next_event_step() == self.step:
                 self.apply_due_events(span, after_backward=True)  # e.g. RigL, which needs this step's gradients
             if finite:
@@ -437,10 +427,10 @@ class _Run:
                 if self.sparsifier is not None and (self.events_applied or self.masks_from_init):  # masks set
                     self.sparsifier.step(self.optimizer)
                 total, seen = self.epoch_loss
-                self.epoch_loss = (total + detached.double() * count, seen + count)  # stays on the device
+                self.epoch_loss = (total + step_loss, seen + step_count)  # stays on the device
             self.step += 1
             self.train_flops += self.flops_per_example * global_size
-            last_batch = batch_index + 1 == len(shards)
+            last_batch = batch_index + 1 == len(steps)
             if not read_each_step and (self.step % self.loss_read_every == 0 or last_batch):
                 loss_value = self.check_loss_window(span, epoch, window_start)
                 window_start = self.step
@@ -450,6 +440,46 @@ class _Run:
                 self.checkpoint_or_stop_mid_epoch(lockstep)
         total, seen = self.epoch_loss
         return float(total) / max(seen, 1), lr
+
+    def accumulate_gradients(self, network: nn.Module, micro_batches: list[Any], global_size: int, world: int,
+                             span: StageSpan, epoch: int, read_each_step: bool
+                             ) -> tuple[bool, float | None, torch.Tensor, int]:
+        """Forward and backward of one step's micro-batches on this rank, gradients accumulated.
+
+        Returns ``(finite, loss read or None, sum of loss x count on the device, count)``. Each
+        micro-batch's mean loss is weighted by its share of the global step (its count over the global
+        count, times the world size that DDP's gradient average divides by), so the accumulated
+        gradient is that of the mean loss over every rank's micro-batches, whatever the split. A single
+        micro-batch of a task that cannot count its global batch in advance learns the global count
+        from the other ranks. Non-finite (when read): the step's gradients are dropped.
+        """
+        last = len(micro_batches) - 1
+        step_loss, step_count, loss_value = self.zero_loss(), 0, None
+        for index, batch in enumerate(micro_batches):
+            batch = self.task.to_device(batch, self.device)
+            # Only the last micro-batch's backward all-reduces the gradients under DDP.
+            sync = contextlib.nullcontext() if index == last or self.ddp is None else self.ddp.no_sync()
+            with sync:
+                with autocast_context(self.config.training.amp, self.device):
+                    loss, count = self.task.loss(network, batch)
+                detached = loss.detach()
+                if read_each_step:
+                    value = float(detached)
+                    loss_value = value if index == 0 else (loss_value * step_count + value * count) / (step_count + count)
+                    if not math.isfinite(value) and not self.nonfinite_loss(span, epoch, value,
+                                                                           self.task.batch_inputs(batch)):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        return False, loss_value, step_loss, step_count
+                if index == 0:
+                    self.optimizer.zero_grad(set_to_none=False)
+                if world > 1 or last > 0:
+                    global_count = (global_size if self.task.GLOBAL_SIZE_IS_COUNT
+                                    else self.global_count(count, global_size))
+                    loss = loss * (count * world / global_count)
+                self.scaler.scale(loss).backward()
+            step_loss = step_loss + detached.double() * count
+            step_count += count
+        return True, loss_value, step_loss, step_count
 
     def check_loss_window(self, span: StageSpan, epoch: int, window_start: int) -> float:
         """Read the epoch's loss so far (one host sync); with ``on_nonfinite=stop`` raise if it is not finite.
@@ -551,6 +581,10 @@ class _Run:
         if self.config.training.on_nonfinite == "skip":  # one rank skipping a backward would stall the others'
             raise UserError(f"training.on_nonfinite='skip' is not supported with data parallelism (WORLD_SIZE="
                             f"{world}): the ranks would disagree on which updates to skip; use 'stop' or 'continue'")
+        update_freq = self.config.training.update_freq
+        if update_freq > 1 and update_freq % world:
+            raise UserError(f"training.update_freq={update_freq} micro-batches per step are divided among WORLD_SIZE="
+                            f"{world} processes; valid: 1 or a multiple of {world}")
         if self.config.data.batch_size < world:
             raise UserError(f"data.batch_size={self.config.data.batch_size} is the global batch; it must be at "
                              f"least WORLD_SIZE={world}")
@@ -592,6 +626,13 @@ class _Run:
                    "primary": self.task.primary()}
         atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2))
         return RunResult(self.dir, self.model, masks, final, best)
+
+
+def _grouped(batches: Any, sizes: list[int]) -> Any:
+    """``batches`` in consecutive lists of ``sizes[0]``, ``sizes[1]``, ... items (a step's micro-batches)."""
+    iterator = iter(batches)
+    for size in sizes:
+        yield [next(iterator) for _ in range(size)]
 
 
 def loss_read_interval(device: torch.device, stop_check_every: int) -> int:

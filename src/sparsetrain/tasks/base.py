@@ -15,6 +15,7 @@ show it (``title`` and ``short`` column names, ``percent`` when the value is in 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -53,6 +54,11 @@ class Task:
     DEMO_DESCRIPTION: ClassVar[str] = ""
     """One line under the demo table's title in ``results.md``: what the metric columns are, on what data
     (own body only, like :attr:`DEMO`). Empty: a line built from :attr:`METRIC_LABEL` and :attr:`PRIMARY`."""
+    GLOBAL_SIZE_IS_COUNT: ClassVar[bool] = False
+    """Whether the ``global_sizes`` of :meth:`epoch_batches` are in :attr:`COUNT_UNIT`: the sum over ranks and
+    micro-batches of the counts :meth:`loss` returns for the step (always so for ``examples``). Then the
+    runner weights every rank and micro-batch without communication; a token-counting task whose batching
+    knows each sentence's length sets it, and only such a task can take ``training.update_freq`` > 1."""
     MIXUP: ClassVar[bool] = False
     """Whether :meth:`loss` implements ``training.mixup_alpha`` (mixing a batch's inputs and targets);
     a run of a task without it that sets the option is refused by :meth:`check_config`."""
@@ -81,6 +87,11 @@ class Task:
         if alpha is not None and not cls.MIXUP:
             raise UserError(f"training.mixup_alpha={alpha}: task {cls.kind!r} cannot mix batches (its loss does "
                             "not implement mixup; classification does); valid here: null or 0 (off)")
+        update_freq = config.training.update_freq
+        if update_freq > 1 and not (cls.GLOBAL_SIZE_IS_COUNT or cls.COUNT_UNIT == "examples"):
+            raise UserError(f"training.update_freq={update_freq}: task {cls.kind!r} counts {cls.COUNT_UNIT} its "
+                            "batching does not know in advance (GLOBAL_SIZE_IS_COUNT), so micro-batches cannot be "
+                            "weighted; valid here: 1")
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model (the caller seeds the RNG first)."""
@@ -115,6 +126,29 @@ class Task:
         """
         return batching.epoch_batches(len(self.train_set), self.config.data, self.config.seed, epoch, stream,
                                       rank, world_size)
+
+    def step_micro_batches(self, epoch: int, stream: int = 0, rank: int = 0,
+                           world_size: int = 1) -> tuple[list[list[list[int]]], list[int]]:
+        """``(micro, global_sizes)``: :meth:`epoch_batches` cut for gradient accumulation.
+
+        ``micro[i]`` lists this rank's micro-batches of step ``i`` (each a list of ``train_set``
+        indices), ``k = max(1, training.update_freq // world_size)`` of them (the runner refuses an
+        ``update_freq`` > 1 that ``world_size`` does not divide); the step's update is the gradient of the
+        mean loss over all ranks' micro-batches. ``global_sizes[i]`` is as in :meth:`epoch_batches`.
+        The default splits each global batch into ``world_size * k`` parts, rank ``r`` taking parts
+        ``r*k .. r*k+k-1``: the union is the batch of ``update_freq = 1``, so accumulation changes
+        memory, not the data a step sees. A task whose batches are a fixed token budget (a step =
+        ``update_freq`` such batches) overrides this and :meth:`steps_per_epoch`.
+        """
+        per_rank = max(1, self.config.training.update_freq // world_size)
+        parts = [self.epoch_batches(epoch, stream, rank * per_rank + j, world_size * per_rank)
+                 for j in range(per_rank)]
+        micro = [list(step) for step in zip(*(shards for shards, _ in parts))]
+        if any(not shard for step in micro for shard in step):
+            raise UserError(f"data.batch_size={self.config.data.batch_size} cannot be split into {world_size * per_rank} "
+                            f"non-empty micro-batches (training.update_freq={self.config.training.update_freq}, "
+                            f"{world_size} process(es)); valid: batch_size >= {world_size * per_rank}")
+        return micro, parts[0][1]
 
     def to_device(self, batch: Any, device: torch.device) -> Any:
         """The batch as the model and :meth:`loss` take it, on ``device``."""
@@ -156,6 +190,16 @@ class Task:
 
     def eval_loader(self, batch_size: int) -> DataLoader:
         return DataLoader(self.eval_set, batch_size=batch_size, collate_fn=self.collate_fn)
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def read_weights(self, path: str | Path) -> dict[str, torch.Tensor] | None:
+        """The model state dict in checkpoint file ``path`` with this task's key names, or None: the runner's
+        reader then takes it (plain, wrapped and ``module.``-prefixed state dicts, sparsetrain's exports).
+
+        ``eval`` and ``init.checkpoint`` load the result strictly. A task whose community writes other
+        key names (fairseq's Transformer, the GaP fork's) maps them here, never unpickling code.
+        """
+        return None
 
     # ---- the primary metric --------------------------------------------------------------------
     @classmethod
