@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "our torch mask file): report its sparsity and check the weights are zero where it prunes")
     p.add_argument("--dict", dest="dictionary", metavar="DICT_TXT",
                    help="translation: the dictionary the checkpoint was trained with, where the checkpoint holds "
-                   "none (e.g. a P-GaP combine checkpoint of the GaP fork); same as task.dataset.options.dict=DICT_TXT")
+                   "none (e.g. a P-GaP combine checkpoint of the GaP fork); same as task.dataset.options.dictionary=DICT_TXT")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config keys, e.g. device=cuda")
 
     p = commands.add_parser(
@@ -210,6 +210,7 @@ def _plan(args: argparse.Namespace) -> int:
     from .runner.flops import TRAINING_PASSES, target_forward_flops
     from .runner.setup import build_setup
     from .runner.timeline import format_plan
+    from .tasks import get_task
 
     config = load_config(args.config, args.overrides, check_files=False)
     # Laid out (and pre-flight checked) as `run` would, from the data's known size where the task can tell it.
@@ -224,8 +225,9 @@ def _plan(args: argparse.Namespace) -> int:
     examples = num_train * epochs
     total = examples * TRAINING_PASSES * sum(flops)
     hours = total / (args.gpu_tflops * 1e12) / 3600
-    print(f"\ncompute: {epochs} epochs of {num_train:,} examples (P-GaP workers counted one by one), "
-          f"{TRAINING_PASSES * sum(flops) / 1e9:.3g} GFLOPs per training example (conv/linear layers, dense: "
+    unit = get_task(config.task.kind).size_unit()
+    print(f"\ncompute: {epochs} epochs of {num_train:,} {unit} (P-GaP workers counted one by one), "
+          f"{TRAINING_PASSES * sum(flops) / 1e9:.3g} GFLOPs per training {unit.removesuffix('s')} (conv/linear layers, dense: "
           f"unstructured sparsity does not speed up dense kernels) = {total:.3g} FLOPs; about {hours:,.3g} "
           f"GPU-hours at {args.gpu_tflops:g} effective TFLOP/s (--gpu-tflops; about an A100 training ResNet-50 "
           "with AMP)")
@@ -240,7 +242,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .runner.setup import build_setup, load_weights
     from .sparsity import MaskSet
 
-    overrides = list(args.overrides) + ([f"task.dataset.options.dict={args.dictionary}"] if args.dictionary else [])
+    overrides = list(args.overrides) + ([f"task.dataset.options.dictionary={args.dictionary}"] if args.dictionary else [])
     config = load_config(args.config, overrides)
     device = resolve_device(config.device)
     setup = build_setup(config, device=device, load_init=False, lay_out=False)

@@ -21,8 +21,9 @@ TRAINING_PASSES = 3
 
 
 @torch.no_grad()
-def target_forward_flops(model: nn.Module, targets: Sequence[Target], example: torch.Tensor) -> list[int]:
-    """Dense forward FLOPs per example of each target, from one forward pass on ``example`` (no batch axis)."""
+def target_forward_flops(model: nn.Module, targets: Sequence[Target], example: torch.Tensor | tuple) -> list[int]:
+    """Dense forward FLOPs per example of each target, from one forward pass on ``example`` (no batch axis;
+    a tuple is the model's positional inputs, each without the batch axis)."""
     flops = [0] * len(targets)
     handles = []
     for i, target in enumerate(targets):
@@ -38,7 +39,9 @@ def target_forward_flops(model: nn.Module, targets: Sequence[Target], example: t
     was_training = model.training
     model.eval()
     try:
-        model(example.unsqueeze(0).to(next(model.parameters()).device))
+        device = next(model.parameters()).device
+        inputs = example if isinstance(example, tuple) else (example,)
+        model(*(x.unsqueeze(0).to(device) for x in inputs))
     finally:
         model.train(was_training)
         for handle in handles:

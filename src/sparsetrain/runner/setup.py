@@ -36,7 +36,8 @@ class RunSetup:
 
     ``task`` is None only for a ``plan`` that laid the run out from the task's ``plan_facts``
     (the dataset is not read); ``timeline`` is None when it was not asked for (``eval``).
-    ``num_train`` counts training examples, ``steps_per_epoch`` optimizer steps per epoch.
+    ``num_train`` is an epoch's size (training examples, or the task's count unit: ``Task.size_unit``),
+    ``steps_per_epoch`` optimizer steps per epoch.
     """
 
     config: RunConfig
@@ -67,12 +68,12 @@ def build_setup(config: RunConfig, *, device: torch.device | None = None, read_d
     facts = None if read_data else get_task(config.task.kind).plan_facts(config)
     if facts is not None:
         task = None
-        num_train, model, example = facts
-        spe = batches_per_epoch(num_train, config.data.batch_size, config.data.drop_last)
+        num_train, model, example, *task_spe = facts
+        spe = task_spe[0] if task_spe else batches_per_epoch(num_train, config.data.batch_size, config.data.drop_last)
     else:
         task = build_task(config)
         model, example = task.build_model(), task.example_input()
-        num_train, spe = len(task.train_set), task.steps_per_epoch()
+        num_train, spe = task.epoch_size(), task.steps_per_epoch()
     if device is not None:
         model = model.to(device)
     if load_init and config.init.checkpoint:

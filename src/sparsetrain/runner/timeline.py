@@ -149,12 +149,19 @@ def _describe_training(span: StageSpan) -> str:
     return text
 
 
+def _batch_text(config: RunConfig) -> str:
+    """What one optimizer step takes, in the task's words (``Task.describe_batch``)."""
+    from ..tasks import get_task
+
+    return get_task(config.task.kind).describe_batch(config)
+
+
 def format_plan(timeline: Timeline, config: RunConfig, target_shapes: Sequence[Sequence[int]]) -> str:
     """Human-readable schedule: stages, epochs, steps, LR, partitions (and a note per block a scheme splits
     between partitions), every mask event and the sparsity after it."""
     lines = [
         f"run {config.name!r}: {timeline.total_epochs} epochs, {timeline.total_steps} optimizer steps "
-        f"({timeline.steps_per_epoch} per epoch, batch {config.data.batch_size})",
+        f"({timeline.steps_per_epoch} per epoch, {_batch_text(config)})",
         "",
         "stage  kind      epochs        steps            optimizer / event",
     ]

@@ -104,6 +104,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
         _ENC + r"[45]\.|" + _DEC + r"[01]\.",
         _DEC + r"[2-5]\.",
     ),
+    # The README quick start's "forward GaP" split: {encoder}, {decoder 0-2}, {decoder 3-5}.
+    "transformer_3_forward": (r"(?:^|\.)encoder\.", _DEC + r"[0-2]\.", _DEC + r"[3-5]\."),
     "transformer_6": (
         _ENC + r"[01]\.",
         _ENC + r"[23]\.",

@@ -98,10 +98,26 @@ class Task:
         raise NotImplementedError
 
     @classmethod
-    def plan_facts(cls, config: RunConfig) -> tuple[int, nn.Module, Any] | None:
-        """``(training examples, model, one example input)`` known without reading the data (``plan``
-        on a dataset that is not on this machine), else None: ``plan`` then builds the task."""
+    def plan_facts(cls, config: RunConfig) -> tuple[Any, ...] | None:
+        """``(epoch size, model, one example input)`` known without reading the data (``plan`` on a dataset
+        that is not on this machine), else None: ``plan`` then builds the task. The epoch size is in the
+        unit of :meth:`epoch_size`; a task with its own batching appends its steps per epoch as a fourth item."""
         return None
+
+    @classmethod
+    def size_unit(cls) -> str:
+        """What :meth:`epoch_size` and the FLOPs per example count: ``examples``, or :attr:`COUNT_UNIT` when
+        :attr:`GLOBAL_SIZE_IS_COUNT` (a translation task's steps count target tokens)."""
+        return cls.COUNT_UNIT if cls.GLOBAL_SIZE_IS_COUNT else "examples"
+
+    @classmethod
+    def describe_batch(cls, config: RunConfig) -> str:
+        """What one optimizer step takes, for ``plan``: ``batch 64`` (the global batch) by default."""
+        return f"batch {config.data.batch_size}"
+
+    def epoch_size(self) -> int:
+        """What the ``global_sizes`` of an epoch add up to (:meth:`size_unit`): training examples by default."""
+        return len(self.train_set)
 
     def example_input(self) -> Any:
         """One training input without the batch axis (``plan`` and FLOP counts run the model on it)."""

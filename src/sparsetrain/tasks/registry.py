@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from ..config import RunConfig
     from .base import Task
 
-_BUILTIN = {"classification": "sparsetrain.tasks.classification"}  # kind -> module that registers it
+_BUILTIN = {"classification": "sparsetrain.tasks.classification",
+            "translation": "sparsetrain.tasks.translation"}  # kind -> module that registers it
 TASKS: dict[str, type[Task]] = {}
 _T = TypeVar("_T")
 
