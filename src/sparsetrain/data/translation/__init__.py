@@ -15,7 +15,12 @@ from sparsetrain.data.translation.embedded import (
     generate_pairs,
     write_embedded_corpus,
 )
-from sparsetrain.data.translation.indexed import IndexedDataset, best_fitting_dtype, dataset_exists, write_indexed
+from sparsetrain.data.translation.indexed import (
+    IndexedDataset,
+    best_fitting_dtype,
+    dataset_exists,
+    write_indexed,
+)
 from sparsetrain.data.translation.pairs import (
     LanguagePairDataset,
     TokenArray,
@@ -33,15 +38,17 @@ from sparsetrain.data.translation.pairs import (
 __all__ = [
     "SPECIALS",
     "Dictionary",
-    "post_process",
     "IndexedDataset",
-    "best_fitting_dtype",
-    "dataset_exists",
-    "write_indexed",
     "LanguagePairDataset",
     "TokenArray",
     "TranslationData",
+    "best_fitting_dtype",
     "collate",
+    "dataset_exists",
+    "embedded_corpus_dir",
+    "embedded_translation",
+    "generate_pairs",
+    "post_process",
     "read_bpe_text",
     "read_fairseq_binarized",
     "read_lines",
@@ -49,8 +56,6 @@ __all__ = [
     "spm_dictionary",
     "spm_encoder",
     "train_sentencepiece",
-    "embedded_corpus_dir",
-    "embedded_translation",
-    "generate_pairs",
     "write_embedded_corpus",
+    "write_indexed",
 ]

@@ -137,12 +137,16 @@ class Dictionary:
         return d
 
     def pad_to_multiple_(self, multiple: int) -> None:
-        """Append ``madeupword0000``, ``madeupword0001``, ... (count 0) until ``len(self) % multiple == 0``."""
+        """Append ``madeupword0000``, ``madeupword0001``, ... (count 0) until ``len(self) % multiple == 0``.
+
+        Names already present are skipped, so padding twice keeps growing.
+        """
         if multiple <= 1:
             return
         i = 0
         while len(self) % multiple:
-            self.add_symbol(f"madeupword{i:04d}", 0)
+            if f"madeupword{i:04d}" not in self.indices:  # already there from an earlier padding
+                self.add_symbol(f"madeupword{i:04d}", 0)
             i += 1
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -34,7 +34,7 @@ import importlib.metadata
 import json
 import os
 import random
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from ...atomic import atomic_write
@@ -134,14 +134,14 @@ def _catalog_names() -> tuple[list[tuple[str, str]], list[tuple[str, str]], list
             table("iso4217", pycountry.currencies, CURRENCIES))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _number(n: int) -> tuple[str, str]:
     from num2words import num2words
 
     return num2words(n, lang="en"), num2words(n, lang="de")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _ordinal(n: int) -> tuple[str, str]:
     """("third", "dritten"): the English ordinal and the German dative ("am dritten Mai")."""
     from num2words import num2words
@@ -149,7 +149,7 @@ def _ordinal(n: int) -> tuple[str, str]:
     return num2words(n, lang="en", to="ordinal"), num2words(n, lang="de", to="ordinal") + "n"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _year(n: int) -> tuple[str, str]:
     from num2words import num2words
 
