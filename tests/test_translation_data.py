@@ -378,3 +378,19 @@ def test_embedded_translation_default_sizes(tmp_path):
     assert again.spm_model.read_bytes() == model
     other = tmp_path / "fresh"
     assert embedded_translation(other, seed=0, vocab_size=1000).spm_model.read_bytes() == model
+
+
+def test_float_dtype_code_and_reference_count_are_refused(tmp_path):
+    idx = (b"TNTIDX\x00\x00" + struct.pack("<Q", 1) + struct.pack("<QQ", 6, 8) + struct.pack("<QQ", 1, 1)
+           + struct.pack("<2q", 0, 1) + struct.pack("<2q", 0, 1) + struct.pack("<q", 1))
+    (tmp_path / "f.idx").write_bytes(idx)
+    (tmp_path / "f.bin").write_bytes(np.array([3.0]).tobytes())
+    with pytest.raises(UserError) as e:
+        IndexedDataset(tmp_path / "f")
+    one_line(e, "f.idx", "dtype code 6")
+    _write_text(tmp_path, "train", EN, DE)
+    _write_text(tmp_path, "valid", EN, DE)
+    (tmp_path / "refs.txt").write_text("only one line\n", encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        read_bpe_text(tmp_path, "en", "de", references={"valid": tmp_path / "refs.txt"})
+    one_line(e, "refs.txt", "1 lines", "3 sentence pairs")

@@ -384,15 +384,16 @@ def read_bpe_text(data_dir: str | os.PathLike[str], src_lang: str, tgt_lang: str
     The dictionary is, in order of preference: ``dict_path`` (joined); ``dict.txt`` in the directory
     (joined); ``dict.{src}.txt`` and ``dict.{tgt}.txt`` (joined if byte-identical); else one joined
     dictionary built from the train split of both languages (:meth:`Dictionary.build`, threshold
-    1, padded to a multiple of 8). Tokens missing from the dictionary become ``<unk>``.
+    1, padded to a multiple of 8). Tokens missing from the dictionary become ``<unk>``. The text is
+    held in memory while it is encoded (fine for corpora of up to a few million tokens); for WMT-sized
+    data binarize once with ``fairseq-preprocess`` (or :func:`~.indexed.write_indexed`) and use
+    :func:`read_fairseq_binarized`.
     ``references`` / ``{split}.raw.{tgt}`` as in :func:`read_fairseq_binarized`.
     """
     d = _check_dir(data_dir)
     _check_lang("src_lang", src_lang)
     _check_lang("tgt_lang", tgt_lang)
     texts = _read_parallel(d, src_lang, tgt_lang)
-    tokenized = {split: ([line.split() for line in s], [line.split() for line in t])
-                 for split, (s, t) in texts.items()}
     if dict_path is not None:
         src_dict = tgt_dict = Dictionary.load(dict_path)
         joined = True
@@ -405,16 +406,16 @@ def read_bpe_text(data_dir: str | os.PathLike[str], src_lang: str, tgt_lang: str
         joined = paths[0].read_bytes() == Path(paths[1]).read_bytes() if paths[1].is_file() else False
         tgt_dict = src_dict if joined else Dictionary.load(paths[1])
     else:
-        if "train" not in tokenized:
+        if "train" not in texts:
             raise UserError(f"{str(d)!r} has no dictionary (dict.txt or dict.{src_lang}.txt) and no train split "
                             "to build one from")
-        s, t = tokenized["train"]
-        src_dict = tgt_dict = Dictionary.build(s + t)
+        s, t = texts["train"]
+        src_dict = tgt_dict = Dictionary.build(line.split() for lines in (s, t) for line in lines)
         joined = True
     data: dict[str, LanguagePairDataset | None] = dict.fromkeys(SPLITS)
-    for split, (s, t) in tokenized.items():
-        src = TokenArray.from_lists([src_dict.encode_tokens(x) for x in s])
-        tgt = TokenArray.from_lists([tgt_dict.encode_tokens(x) for x in t])
+    for split, (s, t) in texts.items():
+        src = TokenArray.from_lists([src_dict.encode_tokens(line.split()) for line in s])
+        tgt = TokenArray.from_lists([tgt_dict.encode_tokens(line.split()) for line in t])
         data[split] = LanguagePairDataset(src, tgt, src_dict, tgt_dict, name=f"{d.name}/{split}")
     return TranslationData(**data, src_dict=src_dict, tgt_dict=tgt_dict, src_lang=src_lang, tgt_lang=tgt_lang,
                            joined=joined, raw_refs=_references(d, tgt_lang, references, data),
