@@ -20,6 +20,15 @@ from sparsetrain.models.transformer import (
 
 PAD, EOS, V = 1, 2, 24
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread; more threads spin against other test processes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 
 def _tiny(**overrides) -> TransformerModel:
     torch.manual_seed(0)
@@ -44,7 +53,7 @@ def _fairseq_names(enc_layers: int, dec_layers: int, pre_norm: bool, shared_outp
             for s in wb
         }
     if pre_norm:
-        names |= {"encoder.layer_norm.weight", "encoder.layer_norm.bias", "decoder.layer_norm.weight", "decoder.layer_norm.bias"}
+        names |= {f"{side}.layer_norm.{p}" for side in ("encoder", "decoder") for p in ("weight", "bias")}
     if not shared_output:
         names.add("decoder.output_projection.weight")
     return names
@@ -81,7 +90,8 @@ def test_unshared_embeddings_have_their_own_output_projection():
 
 def test_big_t2t_has_the_papers_176m_prunable_weights():
     arch = ARCHS["transformer_wmt_en_de_big_t2t"]
-    assert (arch.embed_dim, arch.ffn_dim, arch.heads, arch.encoder_layers, arch.decoder_layers) == (1024, 4096, 16, 6, 6)
+    shape = (arch.embed_dim, arch.ffn_dim, arch.heads, arch.encoder_layers, arch.decoder_layers)
+    assert shape == (1024, 4096, 16, 6, 6)
     assert arch.normalize_before and arch.share_all_embeddings
     assert (arch.dropout, arch.attention_dropout, arch.activation_dropout) == (0.3, 0.1, 0.1)
     with torch.device("meta"):

@@ -14,6 +14,15 @@ from sparsetrain.tasks.translation_search import beam_search, greedy_decode
 
 PAD, EOS, UNK, V = 1, 2, 3, 20
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread; more threads spin against other test processes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 
 def _model(seed: int = 0, sharpness: float = 2.0, eos_bias: float = 0.6):
     """A random tiny model with its own output projection (tied random embeddings make it repeat
@@ -83,7 +92,7 @@ def test_greedy_matches_a_full_forward_reference(seed):
 def test_beam_one_is_greedy(seed):
     model = _model(seed)
     src, lengths = _sources(seed)
-    kwargs = dict(max_len_a=1.0, max_len_b=3, eos=EOS, pad=PAD)
+    kwargs = {"max_len_a": 1.0, "max_len_b": 3, "eos": EOS, "pad": PAD}
     greedy = greedy_decode(model, src, lengths, **kwargs)
     assert beam_search(model, src, lengths, beam=1, **kwargs) == greedy
     if seed == 0:
@@ -94,7 +103,7 @@ def test_beam_one_is_greedy(seed):
 def test_beam_four_scores_at_least_as_well_as_greedy(seed):
     model = _model(seed)
     src, lengths = _sources(seed)
-    kwargs = dict(max_len_a=1.0, max_len_b=3, eos=EOS, pad=PAD)
+    kwargs = {"max_len_a": 1.0, "max_len_b": 3, "eos": EOS, "pad": PAD}
     greedy = greedy_decode(model, src, lengths, **kwargs)
     beam = beam_search(model, src, lengths, beam=4, **kwargs)
     assert beam != greedy  # the comparison is not vacuous
@@ -124,7 +133,7 @@ def test_outputs_hold_no_pad_nor_forbidden_unk_and_respect_length_limits():
 def test_a_sentence_decodes_the_same_alone_and_in_a_batch():
     model = _model(4)
     src, lengths = _sources(4)
-    kwargs = dict(beam=3, max_len_a=1.0, max_len_b=2, eos=EOS, pad=PAD)
+    kwargs = {"beam": 3, "max_len_a": 1.0, "max_len_b": 2, "eos": EOS, "pad": PAD}
     batch = beam_search(model, src, lengths, **kwargs)
     for i in range(src.size(0)):
         row = src[i : i + 1, src.size(1) - int(lengths[i]) :]
