@@ -3,9 +3,10 @@
     sparsetrain run CONFIG [key=value ...]      train a config (overrides as dotted keys)
     sparsetrain run --resume RUN_DIR            continue a stopped run exactly
     sparsetrain plan CONFIG [key=value ...]     print stages, epochs and every mask event, no training
-    sparsetrain eval CHECKPOINT --config CONFIG top-1 and per-layer sparsity of any checkpoint
+    sparsetrain eval CHECKPOINT --config CONFIG test metrics and per-layer sparsity of any checkpoint
     sparsetrain report RUN_DIR                  (re)write report.md and the plots of a run
     sparsetrain export RUN_DIR --format sparse|safetensors|onnx --out PATH   the final model as a file to ship
+    sparsetrain average RUN_DIR --last N --out PATH   the mean of the last N epoch models (or of given files)
     sparsetrain demo [--task KIND|all] [--out DIR] [--fresh]   a task's demo table (default: embedded MNIST-1D)
     sparsetrain list                            registered tasks, datasets, models, methods, partitions
 
@@ -135,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="the config that defines the model (default: RUN_DIR/config.yaml)")
     p.add_argument("--format", dest="fmt", required=True, choices=("sparse", "safetensors", "onnx"))
     p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    p = commands.add_parser(
+        "average", help="the element-wise mean of checkpoints (e.g. a run's last N epoch models)",
+        description="Average CHECKPOINT files element-wise (fairseq's checkpoint averaging) into --out, a plain "
+        "state dict; with --last N and a run directory, its newest N models/epoch_*.pt (written when "
+        "training.keep_last_models >= N). Keys and shapes must match; an existing --out is refused without "
+        "--overwrite. Prints how many entries are zero in every input and in the mean.")
+    p.add_argument("inputs", nargs="+", metavar="CHECKPOINT_OR_RUN_DIR")
+    p.add_argument("--last", type=int, metavar="N", help="with one run directory: its newest N epoch models")
+    p.add_argument("--out", required=True, metavar="PATH")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     p = commands.add_parser(
@@ -323,7 +335,24 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "plan": _plan, "eval": _eval, "report": _report, "demo": _demo, "export": _export}
+def _average(args: argparse.Namespace) -> int:
+    from .export.average import average_checkpoints
+
+    inputs = [Path(p) for p in args.inputs]
+    if args.last is not None:
+        if len(inputs) != 1 or not inputs[0].is_dir():
+            raise UserError("--last N takes exactly one run directory")
+        found = sorted((inputs[0] / "models").glob("epoch_*.pt"))
+        if args.last < 2 or len(found) < args.last:
+            raise UserError(f"--last {args.last}: {str(inputs[0])!r} holds {len(found)} epoch model(s) in models/; valid: "
+                            f"2 <= N <= {len(found)} (keep more with training.keep_last_models)")
+        inputs = found[-args.last:]
+    print(average_checkpoints(inputs, args.out, overwrite=args.overwrite))
+    return 0
+
+
+COMMANDS = {"run": _run, "plan": _plan, "eval": _eval, "report": _report, "demo": _demo, "export": _export,
+            "average": _average}
 INFO_COMMANDS = {"list": _list}
 """Commands that read nothing of a config or a run (not named in the no-command error)."""
 

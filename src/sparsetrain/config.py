@@ -169,6 +169,9 @@ class TrainingConfig(_Strict):
     max_eval_batches: int | None = Field(
         None, ge=1, description="evaluate on the first N batches of the evaluation set only (None: all of it)")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the end always saves)")
+    keep_last_models: int = Field(
+        0, ge=0, description="keep the model (a plain state dict) of the last N epoch ends in <run>/models/, the "
+        "input of `sparsetrain average` (fairseq's checkpoint averaging); 0: none")
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="also checkpoint every N optimizer steps, in the middle of an epoch (preemption)")
     stop_check_every: int = Field(
@@ -284,7 +287,7 @@ class RunConfig(_Strict):
         run directories written by 0.1 keep their fingerprint (and stay resumable).
         """
         payload = self.model_dump(mode="json", exclude={
-            "output_dir": True, "training": {"progress", "checkpoint_every_steps", "stop_check_every"}})
+            "output_dir": True, "training": {"progress", "checkpoint_every_steps", "stop_check_every", "keep_last_models"}})
         for path in _ADDED_AFTER_0_1:
             *sections, key = path
             section = payload

@@ -20,7 +20,8 @@ Outputs in the run directory: ``run.json`` (the marker, see :mod:`.run_dir`), ``
 ``train.log`` (every log line), ``metrics.jsonl`` (one line per evaluation), ``events.jsonl`` and
 ``sparsity/*.csv`` (one per mask event), ``checkpoint.pt`` (atomic; P-GaP workers stopped
 mid-round under torchrun write ``checkpoint.rankR.pt`` + ``checkpoint.ranks.json``),
-``model_final.pt`` / ``model_best.pt`` (plain state dicts with zeros), ``summary.json``.
+``model_final.pt`` / ``model_best.pt`` (plain state dicts with zeros), ``summary.json``, and with
+``training.keep_last_models`` N the newest N epoch-end models in ``models/`` (``sparsetrain average``).
 
 Exact resume: the LR is a pure function of the position in the segment, data order depends only
 on (seed, epoch, stream), and the checkpoint holds model, optimizer, masks, grad scaler, P-GaP
@@ -103,6 +104,9 @@ CHECKPOINT = "checkpoint.pt"
 LOG_FILE = "train.log"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 RANK_MANIFEST = "checkpoint.ranks.json"  # a per-rank checkpoint of P-GaP workers under torchrun
+
+
+EPOCH_MODELS = "models"
 
 
 class Preempted(Exception):
@@ -562,9 +566,19 @@ class _Run:
                 self.log(f"stage {span.index} {span.kind} epoch {stage_epoch}/{span.epochs}: train loss {loss:.4f}, "
                          f"test {self.task.format_primary(entry[self.task.primary_key()])}, "
                          f"sparsity {entry['sparsity']:.4f}")
+            if self.is_main and training.keep_last_models:
+                self.save_epoch_model()
             if not last and stage_epoch % training.checkpoint_every == 0:
                 self.save()
         self.end_stage(span)
+
+    def save_epoch_model(self) -> None:
+        """``models/epoch_NNNN.pt`` (a plain state dict) at this epoch's end; only the newest
+        ``training.keep_last_models`` of this run's epoch models are kept (``sparsetrain average`` input)."""
+        folder = self.dir / EPOCH_MODELS
+        atomic_torch_save(self.model.state_dict(), folder / f"epoch_{self.epoch:04d}.pt")
+        for stale in sorted(folder.glob("epoch_*.pt"))[:-self.config.training.keep_last_models]:
+            stale.unlink()
 
     def end_stage(self, span: StageSpan) -> None:
         """Apply the events due at the end of ``span`` (none left if its last epoch applied them), move the

@@ -119,8 +119,9 @@ class TranslationTask(Task):
     COUNT_UNIT = "tokens"
     GLOBAL_SIZE_IS_COUNT = True
     DEMO = "../configs/demo_translation"
-    """``sparsetrain demo --task translation``: dense, GP, S-GaP and P-GaP at 0.8 and 0.9 on the embedded
-    English→German corpus with ``transformer_small``, equal epochs, the 16 attention/FFN matrices as targets."""
+    """``sparsetrain demo --task translation``: dense, GP, S-GaP and P-GaP (kappa 2: encoder | decoder) at 0.8
+    and 0.9 on the embedded English→German corpus (4,000 training pairs) with ``transformer_small`` at width 64,
+    10 epochs per row, the 32 attention/FFN matrices as targets, the reference's recipe scaled down."""
     DEMO_DESCRIPTION = ("BLEU: sacreBLEU (lowercased, as the reference) of beam-4 translations of the embedded "
                         "English→German test split (500 sentences), final epoch; equal epoch budget per row.")
 
@@ -313,12 +314,18 @@ class TranslationTask(Task):
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def read_weights(self, path: str | Path) -> dict[str, torch.Tensor] | None:
-        """fairseq's and the GaP fork's checkpoints with their names mapped (a dictionary they carry must be
-        the data's); None for our own exports (``.safetensors``), which the runner reads."""
+        """fairseq's and the GaP fork's checkpoints (``{'args' or 'cfg', 'model', 'extra_state', ...}``) with their
+        names mapped (a dictionary they carry must be the data's); None for anything else (our state dicts
+        and exports), which the runner reads."""
         from ..interop.fairseq_checkpoints import read_checkpoint
+        from ..safe_pickle import safe_torch_load
 
         if Path(path).suffix == ".safetensors":
             return None
+        payload = safe_torch_load(path)
+        if not (isinstance(payload, dict) and isinstance(payload.get("model"), dict)
+                and {"args", "cfg", "extra_state"} & set(payload)):
+            return None  # a plain state dict (ours): the runner's reader
         checkpoint = read_checkpoint(path)
         stored = checkpoint.tgt_dict
         if stored is not None and list(stored) != [self.tgt_dict[i] for i in range(len(self.tgt_dict))]:
