@@ -232,7 +232,9 @@ def arch_from_checkpoint(ckpt: FairseqCheckpoint) -> tuple[str, dict[str, Any]]:
 
     Values come from ``ckpt.args`` when present; the state dict's shapes (embedding width,
     layer counts, FFN width, final layer norms, shared embeddings) take precedence over them.
-    An arch name we do not know starts from fairseq's base (``transformer_wmt_en_de``).
+    The number of heads is not in the shapes: without args it is the base arch's. An arch name
+    we do not know starts from fairseq's base (``transformer_wmt_en_de``). Options this model
+    lacks (learned positions, GELU, adaptive softmax, ...) raise a one-line :class:`UserError`.
     """
     args, state = ckpt.args, ckpt.state
     name = _ALIASES.get(ckpt.arch or "", ckpt.arch or "")
@@ -300,8 +302,10 @@ def arch_from_checkpoint(ckpt: FairseqCheckpoint) -> tuple[str, dict[str, Any]]:
 
 
 def model_from_checkpoint(ckpt: FairseqCheckpoint, strict: bool = True) -> TransformerModel:
-    """The :class:`TransformerModel` of ``ckpt`` with its weights loaded (``strict`` as in
-    ``load_state_dict``; a mismatch raises a one-line :class:`UserError` naming the first keys)."""
+    """The :class:`TransformerModel` of ``ckpt`` with its weights loaded, in training mode like
+    any new module (``strict`` as in ``load_state_dict``; a mismatch raises a one-line
+    :class:`UserError` naming the first keys). Vocabulary sizes come from the embeddings,
+    ``padding_idx`` from the stored dictionaries."""
     name, overrides = arch_from_checkpoint(ckpt)
     arch = dataclasses.replace(ARCHS[name], **overrides)
     src = ckpt.state.get("encoder.embed_tokens.weight")
