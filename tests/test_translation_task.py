@@ -4,8 +4,10 @@ paper's targets and partitions on the big model."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,34 +80,49 @@ def test_a_run_trains_evaluates_bleu_and_eval_reads_it_back(tmp_path, cache, cap
     assert f"BLEU {final['test/bleu']:.4f}" in out and "sparsity 0.7500 (targets)" in out
 
 
-def test_a_gap_fork_checkpoint_evaluates_like_the_model_it_holds(tmp_path, cache, capsys):
-    """A checkpoint written in the GaP fork's layout ({'args','model','extra_state'}, in_proj_weight_q|k|v,
-    .ln. norms, no dictionaries: a P-GaP combine checkpoint) is read through the safe loader and scores the
-    same BLEU as the state dict it was made from."""
-    import argparse
-
-    config = load_config(_config(tmp_path, cache, "fork", [{"kind": "dense", "epochs": 1}]))
-    ours = run(config, log=lambda line: None)
-    state = ours.model.state_dict()
-    forked = {}
+def _as_gap_fork(state: dict) -> dict:
+    """``state`` in the GaP fork's layout (gap-method.md section 4): attention without biases, q/k/v as
+    ``in_proj_weight_q|k|v`` used as ``x @ W`` (our weight transposed), encoder norms ``maybe_ln1|2.ln``,
+    decoder norms ``*_layer_norm.ln``, and ``decoder.embed_out`` (the shared embedding)."""
+    fork = {}
     for key, value in state.items():
-        key = (key.replace("self_attn.q_proj.weight", "self_attn.in_proj_weight_q")
-                  .replace("self_attn.k_proj.weight", "self_attn.in_proj_weight_k")
-                  .replace("self_attn.v_proj.weight", "self_attn.in_proj_weight_v")
-                  .replace("self_attn.q_proj.bias", "self_attn.in_proj_bias_q")
-                  .replace("self_attn.k_proj.bias", "self_attn.in_proj_bias_k")
-                  .replace("self_attn.v_proj.bias", "self_attn.in_proj_bias_v"))
-        forked[key] = value
-    path = tmp_path / "checkpoint_last.pt"
-    torch.save({"args": argparse.Namespace(arch="transformer_tiny"), "model": forked, "extra_state": {},
-                "optimizer_history": [{"num_updates": 3}]}, path)
-    capsys.readouterr()
+        if re.search(r"_attn\.(q|k|v|out)_proj\.bias$", key):
+            continue
+        match = re.match(r"(.*_attn)\.([qkv])_proj\.weight$", key)
+        if match:
+            fork[f"{match[1]}.in_proj_weight_{match[2]}"] = value.t().contiguous()
+            continue
+        key = re.sub(r"^(encoder\.layers\.\d+)\.self_attn_layer_norm\.", r"\1.maybe_ln1.ln.", key)
+        key = re.sub(r"^(encoder\.layers\.\d+)\.final_layer_norm\.", r"\1.maybe_ln2.ln.", key)
+        key = re.sub(r"^(decoder\.layers\.\d+\.\w+_layer_norm)\.", r"\1.ln.", key)
+        fork[key] = value
+    fork["decoder.embed_out"] = state["decoder.embed_tokens.weight"]
+    return fork
+
+
+def test_a_gap_fork_checkpoint_evaluates_like_the_model_it_holds(tmp_path, cache, capsys):
+    """A P-GaP combine checkpoint of the GaP fork ({'args','model','extra_state'} with no dictionaries, the
+    fork's key names and layouts) is read through the safe loader, with --dict supplying the dictionary, and
+    scores exactly what the same weights score as a plain state dict; a wrong dictionary is refused."""
+    config_path = _config(tmp_path, cache, "fork", [{"kind": "dense", "epochs": 1}])
+    ours = run(load_config(config_path), log=lambda line: None)
+    state = {k: torch.zeros_like(v) if re.search(r"_attn\.(q|k|v|out)_proj\.bias$", k) else v
+             for k, v in ours.model.state_dict().items()}  # the fork's attention has no biases
+    torch.save(state, tmp_path / "plain.pt")
+    torch.save({"args": argparse.Namespace(arch="transformer_tiny"), "model": _as_gap_fork(state),
+                "extra_state": {}, "optimizer_history": [{"num_updates": 3}]}, tmp_path / "combine.pt")
     dictionary = tmp_path / "dict.txt"
-    task = build_task(config)
+    task = build_task(load_config(config_path))
     task.tgt_dict.save(dictionary)
-    assert main(["eval", str(path), "--config", str(tmp_path / "fork.yaml")]) == 0
-    out = capsys.readouterr().out
-    assert f"BLEU {ours.final['test/bleu']:.4f}" in out
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "plain.pt"), "--config", str(config_path)]) == 0
+    plain = capsys.readouterr().out.splitlines()[-1]
+    assert main(["eval", str(tmp_path / "combine.pt"), "--config", str(config_path), "--dict", str(dictionary)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == plain and "BLEU" in plain
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("".join(f"w{i} 1\n" for i in range(len(task.tgt_dict) - 4)))
+    assert main(["eval", str(tmp_path / "combine.pt"), "--config", str(config_path), "--dict", str(wrong)]) == 2
+    assert "was trained with another target dictionary" in capsys.readouterr().err
 
 
 def test_resume_in_the_middle_of_a_gap_step_is_bit_identical(tmp_path, cache, monkeypatch):

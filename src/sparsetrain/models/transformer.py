@@ -301,7 +301,7 @@ class TransformerDecoderLayer(_Layer):
         ``cache[prefix + "self_attn.k"/".v"]`` and the encoder-attention ones computed once into
         ``cache[prefix + "encoder_attn.k"/".v"]``.
         """
-        enc_mask = encoder_out.padding_mask if bool(encoder_out.padding_mask.any()) else None
+        enc_mask = encoder_out.padding_mask  # always applied: no host sync to test for padding
 
         def self_attend(h: Tensor) -> Tensor:
             k, v = self.self_attn.project_kv(h)
@@ -356,9 +356,8 @@ class TransformerEncoder(_Embedder):
         """``src_tokens`` (B, S) long, padded (left or right) with ``padding_idx``."""
         padding_mask = src_tokens.eq(self.padding_idx)
         x = self.embed(src_tokens, make_positions(src_tokens, self.padding_idx))
-        mask = padding_mask if bool(padding_mask.any()) else None
-        for layer in self.layers:
-            x = layer(x, mask)
+        for layer in self.layers:  # the mask is applied even without padding: no host sync to test for it
+            x = layer(x, padding_mask)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return EncoderOut(x, padding_mask)

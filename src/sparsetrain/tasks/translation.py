@@ -62,8 +62,9 @@ class TranslationDataOptions(StrictModel):
     src_lang: str | None = Field(None, description="source language code as in the file names (en)")
     tgt_lang: str | None = Field(None, description="target language code (de)")
     spm_model: str | None = Field(None, description="raw_text: the sentencepiece model file")
-    dictionary: str | None = Field(None, description="bpe_text: a joined dict.txt (fairseq format), e.g. the one a "
-                             "checkpoint was trained with (sparsetrain eval --dict); default: the directory's")
+    dictionary: str | None = Field(None, description="the dict.txt (fairseq format) a checkpoint was trained with "
+                                   "(sparsetrain eval --dict): bpe_text encodes with it (default: the directory's); "
+                                   "every dataset checks that a loaded fairseq checkpoint without dictionaries fits it")
     bpe: Literal["sentencepiece", "subword_nmt", "none"] | None = Field(
         None, description="how the text was segmented, for BLEU (default: sentencepiece for raw_text and "
         "embedded_en_de, subword_nmt otherwise)")
@@ -327,11 +328,15 @@ class TranslationTask(Task):
                 and {"args", "cfg", "extra_state"} & set(payload)):
             return None  # a plain state dict (ours): the runner's reader
         checkpoint = read_checkpoint(path)
-        stored = checkpoint.tgt_dict
-        if stored is not None and list(stored) != [self.tgt_dict[i] for i in range(len(self.tgt_dict))]:
+        stored, source = checkpoint.tgt_dict, "its extra_state"
+        if stored is None and self.data_options.dictionary is not None:  # e.g. a P-GaP combine checkpoint
+            from ..data.translation import Dictionary
+
+            stored, source = Dictionary.load(self.data_options.dictionary).symbols, self.data_options.dictionary
+        if stored is not None and list(stored) != list(self.tgt_dict.symbols):
             raise UserError(f"checkpoint {str(path)!r} was trained with another target dictionary ({len(stored)} "
-                            f"symbols) than the data's ({len(self.tgt_dict)}); valid: the same dictionary "
-                            "(task.dataset.options.dictionary, or sparsetrain eval --dict)")
+                            f"symbols, from {source}) than the data's ({len(self.tgt_dict)}); valid: the data the "
+                            "checkpoint was trained on")
         return checkpoint.state
 
 
@@ -352,9 +357,6 @@ def read_data(name: str, options: TranslationDataOptions) -> Any:
     if not Path(options.path).is_dir():
         raise UserError(f"task.dataset.options.path={options.path!r} is not a directory")
     if name == "fairseq":
-        if options.dictionary is not None:
-            raise UserError(f"task.dataset.options.dictionary={options.dictionary!r}: a fairseq directory is encoded with its own "
-                            "dict.*.txt; valid here: null")
         return data.read_fairseq_binarized(options.path, options.src_lang, options.tgt_lang)
     if options.src_lang is None or options.tgt_lang is None:
         raise UserError(f"task.dataset.name={name!r}: set task.dataset.options.src_lang and tgt_lang (e.g. en, de)")
