@@ -434,6 +434,7 @@ def _imagenet_args(rel: str = "imagenet", *extra: str) -> tuple[str, ...]:
 # The cases
 
 RUN = ("run", "{cfg}")
+TRANSLATION = ("task.kind=translation", "task.dataset.name=embedded_en_de", "task.model.name=transformer_tiny")
 PLAN = ("plan", "{cfg}")
 EVAL = ("eval",)
 
@@ -1164,6 +1165,36 @@ CASES: list[Case] = [
        after=absent("run/model_final.pt")),
     _c("training-amp-fp16-cpu", "training", "amp fp16 on the CPU", (*RUN, "training.amp=fp16"),
        r"training.amp='fp16' needs a CUDA device", after=absent("run/model_final.pt")),
+    # translation: options the task checks, and checkpoint averaging
+    _c("translation-digits-dataset", "config", "translation with a classification dataset", (*RUN, *TRANSLATION,
+       "task.dataset.name=digits"), r"task.dataset.name='digits' is not a translation dataset; valid: embedded_en_de"),
+    _c("translation-max-tokens-zero", "config", "translation max_tokens 0", (*RUN, *TRANSLATION,
+       "task.options.max_tokens=0"), r"task.options.max_tokens=0: Input should be greater than or equal to 1"),
+    _c("translation-unknown-option", "config", "a misspelled translation option", (*RUN, *TRANSLATION,
+       "task.options.beams=4"), r"unknown key task.options.'beams'; valid: max_tokens, max_sentences"),
+    _c("translation-not-a-transformer", "config", "translation with an MLP", (*RUN, *TRANSLATION[:-1],
+       "task.model.name=mlp"), r"task.model.name='mlp' is not a Transformer; valid: transformer_wmt_en_de_big_t2t"),
+    _c("translation-missing-data-dir", "data", "fairseq data directory that does not exist", (*RUN, *TRANSLATION,
+       "task.dataset.name=fairseq", "task.dataset.options.path={tmp}/wmt"), r"task.dataset.options: data path .*wmt' does not exist"),
+    _c("translation-update-freq-toy", "config", "update_freq 2 for a task whose counts are not known in advance",
+       (*RUN, "training.update_freq=2", "imports=[toy_regression_task]", "task.kind=toy_regression"),
+       r"training.update_freq=2: task 'toy_regression' counts targets"),
+    _c("average-one-file", "cli", "average with one checkpoint", ("average", "{tmp}/a.pt", "--out", "{tmp}/avg.pt"),
+       r"average needs at least 2 checkpoints, got 1", setup=torch_file("a.pt", lambda t: _mlp_state()),
+       after=absent("avg.pt")),
+    _c("average-shape-mismatch", "checkpoint", "average of checkpoints of different models",
+       ("average", "{tmp}/a.pt", "{tmp}/b.pt", "--out", "{tmp}/avg.pt"), r"checkpoint .*b.pt': 1.weight has shape "
+       r"\(32, 64\), .*a.pt' has \(16, 64\)", setup=chain(torch_file("a.pt", lambda t: _mlp_state()),
+                                                        torch_file("b.pt", lambda t: _mlp_state([32]))),
+       after=absent("avg.pt")),
+    _c("average-out-exists", "cli", "average onto an existing file", ("average", "{tmp}/a.pt", "{tmp}/a.pt", "--out",
+       "{tmp}/keep.txt"), r"--out .*keep.txt' exists; pass --overwrite", setup=chain(
+           torch_file("a.pt", lambda t: _mlp_state()), write("keep.txt", "mine")), after=unchanged("keep.txt", "mine")),
+    _c("average-malicious", "checkpoint", "average of a checkpoint whose pickle runs os.system",
+       ("average", "{tmp}/evil.pt", "{tmp}/evil.pt", "--out", "{tmp}/avg.pt"),
+       r"checkpoint '.*evil\.pt' needs the global '(posix|os)\.system', which sparsetrain refused to load",
+       setup=torch_file("evil.pt", lambda t: _Evil(_evil_command(t))),
+       after=both(nothing_ran, absent("avg.pt"))),
 ]
 
 

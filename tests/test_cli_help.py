@@ -162,7 +162,7 @@ def test_no_command_is_a_one_line_error_exit_2(capsys):
     assert main([]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == "error: give a COMMAND: run, plan, eval, report, demo, export (see 'sparsetrain --help')\n"
+    assert captured.err == "error: give a COMMAND: run, plan, eval, report, demo, export, average (see 'sparsetrain --help')\n"
 
 
 class _Terminal(io.StringIO):

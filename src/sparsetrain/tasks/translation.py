@@ -25,8 +25,8 @@ the reference's ``-lc``; the primary metric, higher is better), ``bleu_cased``, 
 (cross-entropy per target token in nats, no smoothing) and ``ppl`` (``exp(loss)``). BLEU decodes the
 evaluation split with beam search (``beam``, ``lenpen``, ``max_len_a``, ``max_len_b``), removes the
 segmentation, detokenizes and scores against the plain references (the raw text of the split, or
-``references``: a file, one line per sentence); the sacreBLEU signatures are in
-``bleu_signature``/``chrf_signature`` of :meth:`TranslationTask.describe_metrics`.
+``references``: a file, one line per sentence); the sacreBLEU signatures are recorded in the run's
+``summary.json`` (``primary.bleu_signature``, ``primary.chrf_signature``).
 """
 
 from __future__ import annotations
@@ -293,10 +293,11 @@ class TranslationTask(Task):
                           max_len_b=options.max_len_b, len_penalty=options.lenpen, eos=self.eos, pad=self.pad)
         return [self.detokenize(tokens) for tokens in out]
 
-    def describe_metrics(self) -> dict[str, str]:
-        """The sacreBLEU signatures of ``bleu`` and ``chrf`` (the settings every number was made with)."""
+    @classmethod
+    def primary(cls) -> dict[str, Any]:
+        """With sacreBLEU's signatures of ``bleu`` and ``chrf`` (``summary.json`` records them with the run)."""
         scores = corpus_scores(["a b c d"], ["a b c d"])
-        return {"bleu_signature": scores.bleu_signature, "chrf_signature": scores.chrf_signature}
+        return {**super().primary(), "bleu_signature": scores.bleu_signature, "chrf_signature": scores.chrf_signature}
 
     def _references(self) -> list[str]:
         """Plain reference of every evaluation sentence, in corpus order."""
