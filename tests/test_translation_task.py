@@ -273,3 +273,63 @@ def test_bad_translation_options_are_one_line_errors(tmp_path, cache):
     bad = {"merge": {"task": {"options": {"max_tokens": 8}}}}
     with pytest.raises(UserError, match=r"more than max_tokens=8"):
         run(load_config(_config(tmp_path, cache, "bad3", stages, **bad)), log=lambda line: None)
+
+
+def _bpe_corpus(root: Path, pairs: list[tuple[str, str]]) -> None:
+    """BPE'd (subword-nmt ``@@``) parallel text, every split the same small corpus."""
+    root.mkdir()
+    for split in ("train", "valid", "test"):
+        (root / f"{split}.en").write_text("".join(f"{en}\n" for en, _ in pairs))
+        (root / f"{split}.de").write_text("".join(f"{de}\n" for _, de in pairs))
+
+
+PAIRS = [("the hou@@ se is red .", "das Hau@@ s ist rot ."), ("I see three birds .", "ich sehe drei Vö@@ gel ."),
+         ("she flies to Rome .", "sie fliegt nach Rom ."), ("we have four cars .", "wir haben vier Autos .")] * 6
+
+
+def test_a_fairseq_binarized_directory_trains_and_scores_against_its_raw_references(tmp_path, cache):
+    """The fairseq-preprocess layout (legacy TNTIDX, as the GaP fork writes it, joined dictionary): BPE joins
+    removed and Moses-detokenized before sacreBLEU against test.raw.de."""
+    from sparsetrain.data.translation import Dictionary, write_indexed
+
+    data = tmp_path / "wmt_bin"
+    data.mkdir()
+    dictionary = Dictionary.build([line.split() for pair in PAIRS for line in pair])
+    for lang in ("en", "de"):
+        dictionary.save(data / f"dict.{lang}.txt")
+    for split in ("train", "valid", "test"):
+        for index, lang in enumerate(("en", "de")):
+            write_indexed(data / f"{split}.en-de.{lang}", [dictionary.encode_line(p[index]) for p in PAIRS],
+                          format="legacy")
+    (data / "test.raw.de").write_text("".join(f"{de.replace('@@ ', '')}\n" for _, de in PAIRS).replace(" .", "."))
+    stages = [{"kind": "dense", "epochs": 2}]
+    merge = {"task": {"kind": "translation", "dataset": {"name": "fairseq", "options": {"path": str(data)}},
+                      "model": {"name": "transformer_tiny"}, "options": {"max_tokens": 64, "max_len_b": 8}}}
+    config = load_config(_config(tmp_path, cache, "bin", stages, merge=merge))
+    task = build_task(config)
+    assert task.references[1] == "ich sehe drei Vögel." and task.detokenize(
+        task.eval_set[1]["target"][:-1].tolist()) == "ich sehe drei Vögel."
+    result = run(config, log=lambda line: None)
+    assert 0 <= result.final["test/bleu"] <= 100 and result.final["test/loss"] > 0
+
+
+def test_separate_dictionaries_need_unshared_embeddings(tmp_path, cache):
+    from sparsetrain.data.translation import Dictionary
+
+    data = tmp_path / "bpe"
+    _bpe_corpus(data, PAIRS)
+    for index, lang in enumerate(("en", "de")):
+        Dictionary.build([p[index].split() for p in PAIRS], padding_factor=1).save(data / f"dict.{lang}.txt")
+    task_section = {"kind": "translation", "dataset": {"name": "bpe_text", "options": {
+        "path": str(data), "src_lang": "en", "tgt_lang": "de"}}, "model": {"name": "transformer_tiny"},
+        "options": {"max_tokens": 64, "max_len_b": 8}}
+    task = build_task(load_config(_config(tmp_path, cache, "sep", [{"kind": "dense", "epochs": 1}],
+                                          merge={"task": task_section})))
+    assert not task.data.joined and len(task.src_dict) != len(task.tgt_dict)
+    with pytest.raises(UserError, match="shares its source and target embeddings, but the data has separate"):
+        task.build_model()
+    task_section["model"] = {"name": "transformer_tiny", "options": {"share_all_embeddings": False}}
+    config = load_config(_config(tmp_path, cache, "sep2", [{"kind": "dense", "epochs": 1}], merge={"task": task_section}))
+    result = run(config, log=lambda line: None)
+    assert result.model.encoder.embed_tokens.weight.shape[0] == len(task.src_dict)
+    assert result.model.decoder.embed_tokens.weight.shape[0] == len(task.tgt_dict)

@@ -488,9 +488,11 @@ class TransformerModel(nn.Module):
         return encoder_out.index_select(new_order)
 
 
-def build_transformer(arch: str, vocab_size: int, padding_idx: int = 1, **overrides) -> TransformerModel:
-    """:class:`TransformerModel` of architecture ``arch`` (a key of :data:`ARCHS`) over one
-    vocabulary of ``vocab_size`` symbols; ``overrides`` replace :class:`TransformerArch` fields."""
+def build_transformer(arch: str, vocab_size: int, padding_idx: int = 1, src_vocab_size: int | None = None,
+                      **overrides) -> TransformerModel:
+    """:class:`TransformerModel` of architecture ``arch`` (a key of :data:`ARCHS`) with a target vocabulary of
+    ``vocab_size`` symbols and a source vocabulary of ``src_vocab_size`` (default: the same, a joined
+    dictionary); ``overrides`` replace :class:`TransformerArch` fields."""
     if arch not in ARCHS:
         raise UserError(f"unknown transformer arch {arch!r}; valid: {', '.join(sorted(ARCHS))}")
     fields = {f.name for f in dataclasses.fields(TransformerArch)}
@@ -498,4 +500,4 @@ def build_transformer(arch: str, vocab_size: int, padding_idx: int = 1, **overri
     if unknown:
         raise UserError(f"unknown transformer option {unknown[0]!r}; valid: {', '.join(sorted(fields))}")
     spec = dataclasses.replace(ARCHS[arch], **overrides)
-    return TransformerModel(spec, vocab_size, vocab_size, padding_idx)
+    return TransformerModel(spec, src_vocab_size or vocab_size, vocab_size, padding_idx)

@@ -121,10 +121,10 @@ class TranslationTask(Task):
     GLOBAL_SIZE_IS_COUNT = True
     DEMO = "../configs/demo_translation"
     """``sparsetrain demo --task translation``: dense, GP, S-GaP and P-GaP (kappa 2: encoder | decoder) at 0.8
-    and 0.9 on the embedded English→German corpus (4,000 training pairs) with ``transformer_small`` at width 64,
+    and 0.9 on the embedded English→German corpus (3,000 training pairs) with ``transformer_small`` at width 64,
     10 epochs per row, the 32 attention/FFN matrices as targets, the reference's recipe scaled down."""
     DEMO_DESCRIPTION = ("BLEU: sacreBLEU (lowercased, as the reference) of beam-4 translations of the embedded "
-                        "English→German test split (500 sentences), final epoch; equal epoch budget per row.")
+                        "English→German test split (400 sentences), final epoch; equal epoch budget (10) per row.")
 
     def __init__(self, config: RunConfig, data: Any, data_options: TranslationDataOptions,
                  options: TranslationOptions) -> None:
@@ -169,15 +169,16 @@ class TranslationTask(Task):
         return cls(config, read_data(config.task.dataset.name, data_options), data_options, options)
 
     def build_model(self) -> nn.Module:
-        from ..models.transformer import build_transformer
+        from ..models.transformer import ARCHS, build_transformer
 
-        model = build_transformer(self.config.task.model.name, vocab_size=len(self.tgt_dict), padding_idx=self.pad,
-                                  **self.config.task.model.options)
-        if getattr(model, "arch", None) is not None and model.arch.share_all_embeddings and not self.data.joined:
-            raise UserError(f"task.model.name={self.config.task.model.name!r} shares its source and target "
-                            "embeddings, but the data has separate dictionaries; valid: a joined dictionary, or "
+        name, options = self.config.task.model.name, self.config.task.model.options
+        shared = options.get("share_all_embeddings", ARCHS[name].share_all_embeddings)
+        if shared and not self.data.joined:
+            raise UserError(f"task.model.name={name!r} shares its source and target embeddings, but the data has "
+                            "separate dictionaries; valid: a joined dictionary, or "
                             "task.model.options.share_all_embeddings=false")
-        return model
+        return build_transformer(name, vocab_size=len(self.tgt_dict), padding_idx=self.pad,
+                                 src_vocab_size=len(self.src_dict), **options)
 
     @classmethod
     def plan_facts(cls, config: RunConfig) -> tuple[Any, ...] | None:
