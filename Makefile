@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py --quick
 	$(BIN)/python bench/quality.py --quick
 	$(BIN)/python bench/inference.py --quick
+	$(BIN)/python bench/translation.py --quick
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

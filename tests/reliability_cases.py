@@ -819,7 +819,7 @@ CASES: list[Case] = [
               r"stages.1.sparsity=2", command=PLAN),
 
     # ---- CLI misuse ----------------------------------------------------------------------------
-    _c("cli-no-command", "cli", "no command at all", (), r"give a COMMAND: run, plan, eval, report, demo, export "
+    _c("cli-no-command", "cli", "no command at all", (), r"give a COMMAND: run, plan, eval, report, demo, export, average "
        r"\(see 'sparsetrain --help'\)"),
     _c("export-source-missing", "cli", "export of a path that does not exist",
        ("export", "{tmp}/nothing", "--format", "sparse", "--out", "{tmp}/x.safetensors"),
