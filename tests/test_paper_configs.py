@@ -19,6 +19,10 @@ def test_there_is_a_config_per_seed_row():
     assert len([n for n in names if n.startswith("gap_resnet50")]) == 6  # the GaP README's ResNet-50 rows
     assert len([n for n in names if n.startswith("gpmt_resnet50")]) == 8  # GP and GP+MT at 80/90/95.30/98.05
     assert len([n for n in names if n.startswith("gpmt_wrn28_8")]) == 4
+    # the GaP README's 8 Transformer rows (S-GaP/P-GaP, kappa 3/6, 0.8/0.9), the dense and 2 prune-from-dense baselines
+    assert len([n for n in names if n.startswith("gap_transformer_wmt14_") and "gap_k" in n]) == 8
+    assert {"gap_transformer_wmt14_dense", "gap_transformer_wmt14_prune_from_dense_0.8",
+            "gap_transformer_wmt14_prune_from_dense_0.9"} <= names
 
 
 @pytest.mark.parametrize("path", [p for p in PAPER if p.stem.startswith("gap_resnet50")], ids=lambda p: p.stem)

@@ -333,3 +333,18 @@ def test_separate_dictionaries_need_unshared_embeddings(tmp_path, cache):
     result = run(config, log=lambda line: None)
     assert result.model.encoder.embed_tokens.weight.shape[0] == len(task.src_dict)
     assert result.model.decoder.embed_tokens.weight.shape[0] == len(task.tgt_dict)
+
+
+def test_every_translation_demo_config_plans_ten_epochs(tmp_path, monkeypatch, capsys):
+    """The demo table's rows have the same epoch budget and targets (the embedded corpus is written under
+    $SPARSETRAIN_CACHE, here a temporary directory)."""
+    monkeypatch.setenv("SPARSETRAIN_CACHE", str(tmp_path))
+    demo = Path(__file__).parents[1] / "src" / "sparsetrain" / "configs" / "demo_translation"
+    configs = sorted(demo.glob("*.yaml"))
+    assert [p.stem for p in configs] == ["00_dense", "10_gp_0.8", "11_sgap_uniform_0.8", "12_pgap_uniform_0.8",
+                                         "20_gp_0.9", "21_sgap_uniform_0.9", "22_pgap_uniform_0.9"]
+    for path in configs:
+        assert main(["plan", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert ": 10 epochs," in out.splitlines()[0], out.splitlines()[0]
+        assert load_config(path).targets.include == MATRICES

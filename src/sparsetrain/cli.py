@@ -317,17 +317,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .data.registry import DATASETS
     from .methods import REGISTRY
-    from .models.registry import MODELS
     from .sparsity.partitions import PRESETS, SCHEMES
     from .sparsity.prune import METHODS as PRUNE_BUDGETS
-
-    from .tasks.registry import task_kinds
+    from .tasks.registry import get_task, task_kinds
 
     tasks = task_kinds()
+    catalogs = {kind: get_task(kind).catalog() for kind in tasks}
+    datasets, models = ([f"{name} ({kind})" for kind in tasks for name in catalogs[kind][part]]
+                        for part in ("datasets", "models"))
     methods = [f"{kind} (method: {', '.join(PRUNE_BUDGETS)})" if kind == "prune" else kind for kind in REGISTRY]
-    for heading, names in (("tasks", tasks), ("datasets", list(DATASETS)), ("models", list(MODELS)),
+    for heading, names in (("tasks", tasks), ("datasets", datasets), ("models", models),
                            ("methods", methods), ("partitions", [*SCHEMES, *PRESETS])):
         print(f"{heading}:")
         for name in names:

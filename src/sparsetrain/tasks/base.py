@@ -111,6 +111,12 @@ class Task:
         return cls.COUNT_UNIT if cls.GLOBAL_SIZE_IS_COUNT else "examples"
 
     @classmethod
+    def catalog(cls) -> dict[str, list[str]]:
+        """The names ``task.dataset.name`` and ``task.model.name`` may take for this task (``sparsetrain list``):
+        ``{"datasets": [...], "models": [...]}``; empty lists when any registered name of a user's will do."""
+        return {"datasets": [], "models": []}
+
+    @classmethod
     def describe_batch(cls, config: RunConfig) -> str:
         """What one optimizer step takes, for ``plan``: ``batch 64`` (the global batch) by default."""
         return f"batch {config.data.batch_size}"

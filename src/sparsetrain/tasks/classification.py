@@ -86,6 +86,13 @@ class ClassificationTask(Task):
         num_train, _, input_shape, num_classes = facts
         return num_train, _model(config, input_shape, num_classes), torch.zeros(input_shape)
 
+    @classmethod
+    def catalog(cls) -> dict[str, list[str]]:
+        from ..data.registry import DATASETS
+        from ..models.registry import MODELS
+
+        return {"datasets": list(DATASETS), "models": list(MODELS)}
+
     @staticmethod
     def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         return nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)

@@ -194,6 +194,12 @@ class TranslationTask(Task):
         return options.plan.train_tokens, model, _one_token_pair(2), options.plan.steps_per_epoch
 
     @classmethod
+    def catalog(cls) -> dict[str, list[str]]:
+        from ..models.transformer import ARCHS
+
+        return {"datasets": list(DATASETS), "models": list(ARCHS)}
+
+    @classmethod
     def describe_batch(cls, config: RunConfig) -> str:
         options = _options(TranslationOptions, config.task.options, "task.options")
         return f"{config.training.update_freq} batch(es) of <= {options.max_tokens} padded tokens"
