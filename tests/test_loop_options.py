@@ -81,3 +81,20 @@ def test_bf16_autocast_is_in_the_forward_pass(tmp_path):
     run(config, log=lambda line: None)
     recorded = _train_loss(tmp_path / "bf16")
     assert abs(recorded - expected) < 1e-6 < abs(recorded - fp32)
+
+
+def test_update_freq_splits_the_global_batch_without_changing_the_update(tmp_path):
+    """Classification: update_freq 4 accumulates 4 micro-batches of the same global batch; the weights equal
+    those of update_freq 1 up to float summation order, and both differ from no training."""
+    from sparsetrain.config import parse_config
+    from sparsetrain.runner.train import run
+    from tiny_config import tiny_config
+
+    def train(name: str, update_freq: int):
+        raw = tiny_config(output_dir=str(tmp_path / name), training={"progress": False, "update_freq": update_freq})
+        return run(parse_config(raw), log=lambda line: None).model.state_dict()
+
+    whole, split = train("whole", 1), train("split", 4)
+    for key, value in whole.items():
+        torch.testing.assert_close(split[key], value, rtol=1e-4, atol=1e-6)
+        assert torch.equal(split[key] == 0, value == 0), key  # the same GP masks

@@ -150,12 +150,12 @@ def test_resume_in_the_middle_of_a_gap_step_is_bit_identical(tmp_path, cache, mo
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process_with_update_freq_two(tmp_path, cache):
-    """fairseq's equivalence: 2 ranks x 1 token batch per step = 1 process accumulating 2 (update_freq
-    counts a step's batches over all processes, so both use update_freq 2)."""
+def test_two_gloo_processes_equal_one_process_with_update_freq_four(tmp_path, cache):
+    """fairseq's equivalence: 2 ranks accumulating 2 token batches each (DDP syncing only the last) = 1
+    process accumulating 4 (update_freq counts a step's batches over all processes: both use 4)."""
     stages = [{"kind": "dense", "epochs": 1}, {"kind": "prune", "method": "gp", "sparsity": 0.5},
               {"kind": "finetune", "epochs": 1}]
-    extra = {"merge": {"training": {"progress": False, "update_freq": 2}}}
+    extra = {"merge": {"training": {"progress": False, "update_freq": 4}}}
     single = run(load_config(_config(tmp_path, cache, "single", stages, **extra)), log=lambda line: None)
     multi = _config(tmp_path, cache, "multi", stages, **extra)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -166,8 +166,12 @@ def test_two_gloo_processes_equal_one_process_with_update_freq_two(tmp_path, cac
     assert "data parallel over 2 processes" in out.stdout
     theirs = torch.load(tmp_path / "multi" / "model_final.pt", weights_only=True)
     for key, value in single.model.state_dict().items():
-        torch.testing.assert_close(theirs[key], value, rtol=1e-4, atol=1e-5)  # float reduction order only
         assert torch.equal(theirs[key] == 0, value == 0), key  # the same masks
+        if key.endswith("k_proj.bias"):
+            # The true gradient of a key bias is exactly zero (softmax is shift-invariant), so what it gets is
+            # rounding noise, which Adam scales to full-size steps: summation order decides it, not the data.
+            continue
+        torch.testing.assert_close(theirs[key], value, rtol=1e-4, atol=1e-5)  # float reduction order only
 
 
 def test_update_freq_accumulates_the_same_gradient_as_one_big_batch(tmp_path, cache):
