@@ -1,7 +1,13 @@
-"""Shared test helpers: a reference selector and small random models."""
+"""Shared test helpers: a reference selector, a torchrun launcher and a one-thread fixture."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from hypothesis import settings
 
@@ -23,3 +29,23 @@ def reference_keep_masks(tensors, k):
         masks.append(keep[offset : offset + t.numel()].view(t.shape))
         offset += t.numel()
     return masks
+
+
+def torchrun(config: Path, nproc: int = 2, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=nproc --standalone -m sparsetrain run CONFIG`` with one thread per
+    process (and ``pythonpath`` prepended, for a config that imports a module of the tests)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
+                           "-m", "sparsetrain", "run", str(config)], check=False, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; more threads spin against other test processes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

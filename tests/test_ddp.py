@@ -1,9 +1,6 @@
 """Data-parallel runs under torchrun (2 gloo processes) equal single-process runs on the same global batch."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +10,7 @@ from sparsetrain.config import load_config
 from sparsetrain.data.batching import epoch_batches
 from sparsetrain.runner.train import run
 from sparsetrain.config import DataConfig
+from conftest import torchrun
 
 
 @pytest.mark.parametrize("n, batch, world, drop_last", [(10, 4, 2, False), (11, 4, 3, False), (9, 3, 2, True)])
@@ -55,10 +53,7 @@ def test_two_gloo_processes_match_one(tmp_path, method, masks):
         pytest.skip("the broadcast path is covered once")
     single = run(load_config(_write(tmp_path, "single", STAGES[method])), log=lambda line: None)
     multi = _write(tmp_path, "multi", STAGES[method], distributed={"masks": masks})
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                          "-m", "sparsetrain", "run", str(multi)], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = torchrun(multi)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "data parallel over 2 processes" in out.stdout
     theirs = torch.load(tmp_path / "multi" / "model_final.pt", weights_only=True)

@@ -20,17 +20,12 @@ from sparsetrain.interop.fairseq_checkpoints import (
 )
 from sparsetrain.models.transformer import ARCHS, TransformerModel, build_transformer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PAD, EOS, V = 1, 2, 20
 SRC = torch.tensor([[PAD, 5, 6, 7, EOS], [8, 9, 10, 11, EOS]])
 PREV = torch.tensor([[EOS, 4, 5], [EOS, 12, 13]])
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; more threads spin against other test processes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 

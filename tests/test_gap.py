@@ -1,9 +1,6 @@
 """S-GaP and P-GaP: mask invariants at every step, schedules, plan = events, multi-process = single-process."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,6 +14,7 @@ from sparsetrain.models.small_resnet import small_resnet
 from sparsetrain.runner.timeline import sparsity_after_events
 from sparsetrain.runner.train import run
 from sparsetrain.sparsity import MaskSet, count_for, partition_targets, select_targets
+from conftest import torchrun
 
 
 def _budget(masks, indices, sparsity, distribution):
@@ -135,10 +133,7 @@ def test_pgap_two_gloo_processes_equal_the_single_process_simulation(tmp_path):
     single = load_config(_write(tmp_path, "single", PGAP))
     reference = run(single, log=lambda line: None)
     multi = _write(tmp_path, "multi", PGAP)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--standalone", "-m", "sparsetrain", "run", str(multi)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = torchrun(multi)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rank 1 sent" in out.stdout + out.stderr or "merge: rank 0 sent" in out.stdout
     theirs = torch.load(tmp_path / "multi" / "model_final.pt", weights_only=True)
@@ -158,9 +153,6 @@ def test_pgap_two_gloo_processes_equal_the_single_process_simulation(tmp_path):
 
 def test_pgap_with_the_wrong_number_of_processes_is_refused(tmp_path):
     multi = _write(tmp_path, "three", PGAP)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=3",
-                          "--standalone", "-m", "sparsetrain", "run", str(multi)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = torchrun(multi, nproc=3)
     assert out.returncode != 0
     assert "P-GaP with kappa=2 needs 2 processes, got WORLD_SIZE=3" in out.stderr

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from sparsetrain.config import ConfigError, load_config, parse_config
 from sparsetrain.demo import run_demo
 from sparsetrain.runner.train import Preempted, run
 from sparsetrain.tasks import ClassificationTask, build_task, get_task, task_kinds
+from conftest import torchrun
 
 TESTS = Path(__file__).parent
 
@@ -174,11 +173,7 @@ def test_toy_task_under_two_gloo_processes_matches_one(tmp_path):
     stages = [{"kind": "dense", "epochs": 1}]
     single = run(load_config(_toy(tmp_path, "single", stages=stages)), log=lambda line: None)
     multi = _toy(tmp_path, "multi", stages=stages)
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                          "-m", "sparsetrain", "run", str(multi)], check=False, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = torchrun(multi, pythonpath=TESTS)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "data parallel over 2 processes" in out.stdout
     theirs = torch.load(tmp_path / "multi" / "model_final.pt", weights_only=True)

@@ -18,15 +18,10 @@ from sparsetrain.models.transformer import (
     sinusoidal_embedding,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PAD, EOS, V = 1, 2, 24
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; more threads spin against other test processes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 

@@ -12,15 +12,10 @@ from sparsetrain.errors import UserError
 from sparsetrain.models.transformer import build_transformer
 from sparsetrain.tasks.translation_search import beam_search, greedy_decode
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PAD, EOS, UNK, V = 1, 2, 3, 20
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; more threads spin against other test processes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 

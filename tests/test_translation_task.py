@@ -9,8 +9,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from sparsetrain.runner.train import Preempted, run
 from sparsetrain.sparsity.partitions import ownership, partition_targets
 from sparsetrain.tasks import build_task, get_task
 from sparsetrain.tasks.translation_bleu import corpus_scores, detokenize
+from conftest import torchrun
 
 PAPER = Path(__file__).parents[1] / "src" / "sparsetrain" / "configs" / "paper"
 MATRICES = ['(?:^|\\.)(?:self_attn|encoder_attn)\\.(?:q_proj|k_proj|v_proj|out_proj)\\.weight$',
@@ -158,10 +157,7 @@ def test_two_gloo_processes_equal_one_process_with_update_freq_four(tmp_path, ca
     extra = {"merge": {"training": {"progress": False, "update_freq": 4}}}
     single = run(load_config(_config(tmp_path, cache, "single", stages, **extra)), log=lambda line: None)
     multi = _config(tmp_path, cache, "multi", stages, **extra)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                          "-m", "sparsetrain", "run", str(multi)], check=False, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = torchrun(multi)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "data parallel over 2 processes" in out.stdout
     theirs = torch.load(tmp_path / "multi" / "model_final.pt", weights_only=True)

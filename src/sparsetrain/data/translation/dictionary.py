@@ -33,6 +33,19 @@ SPECIALS = (BOS, PAD, EOS, UNK)
 OVERWRITE_FLAG = "#fairseq:overwrite"
 
 
+def read_utf8(path: Path, what: str, instead_of_a_directory: str) -> str:
+    """The text of ``path``; a missing file, a directory or bytes that are not UTF-8 are one-line
+    ``UserError``s naming ``what`` and the path (``instead_of_a_directory`` says what to give)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{what} {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {str(path)!r} is a directory; {instead_of_a_directory}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {str(path)!r} is not UTF-8 text (byte {e.start})") from None
+
+
 class Dictionary:
     """A list of symbols; a symbol's id is its position. The first four are :data:`SPECIALS`.
 
@@ -71,14 +84,7 @@ class Dictionary:
     def load(cls, path: str | os.PathLike[str]) -> Dictionary:
         """Read a fairseq ``dict.txt`` (UTF-8, ``token count [#fairseq:overwrite]`` per line)."""
         path = Path(path)
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            raise UserError(f"dictionary file {str(path)!r} does not exist") from None
-        except IsADirectoryError:
-            raise UserError(f"dictionary file {str(path)!r} is a directory; give a dict.txt file") from None
-        except UnicodeDecodeError as e:
-            raise UserError(f"dictionary file {str(path)!r} is not UTF-8 text (byte {e.start})") from None
+        text = read_utf8(path, "dictionary file", "give a dict.txt file")
         d = cls()
         for lineno, raw in enumerate(text.split("\n"), start=1):
             line = raw.rstrip()

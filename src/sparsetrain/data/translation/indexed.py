@@ -88,6 +88,16 @@ def dataset_exists(prefix: str | os.PathLike[str]) -> bool:
     return Path(f"{prefix}.idx").is_file() and Path(f"{prefix}.bin").is_file()
 
 
+def checked_index(i: int, n: int) -> int:
+    """``i`` as an index into ``n`` sequences (negative counts from the end); IndexError when out of range."""
+    i = int(i)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"sequence index {i} out of range for {n} sequences")
+    return i
+
+
 class IndexedDataset(Sequence):
     """A binarized split ``<prefix>.idx``/``<prefix>.bin`` in either format, read through ``numpy.memmap``.
 
@@ -214,12 +224,7 @@ class IndexedDataset(Sequence):
         return len(self.sizes)
 
     def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
-        n = len(self.sizes)
-        i = int(i)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"sequence index {i} out of range for {n} sequences")
+        i = checked_index(i, len(self.sizes))
         start = int(self._starts[i])
         a = np.array(self._data[start:start + int(self.sizes[i])], dtype=np.int64)
         if self._shift:

@@ -28,8 +28,8 @@ import torch
 
 from ...atomic import atomic_write
 from ...errors import UserError
-from .dictionary import SPECIALS, Dictionary
-from .indexed import IndexedDataset, dataset_exists
+from .dictionary import SPECIALS, Dictionary, read_utf8
+from .indexed import IndexedDataset, checked_index, dataset_exists
 
 SPLITS = ("train", "valid", "test")
 
@@ -62,12 +62,7 @@ class TokenArray(Sequence):
         return len(self.sizes)
 
     def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
-        n = len(self.sizes)
-        i = int(i)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"sequence index {i} out of range for {n} sequences")
+        i = checked_index(i, len(self.sizes))
         return torch.from_numpy(self.flat[self.offsets[i]:self.offsets[i + 1]].astype(np.int64))
 
 
@@ -226,14 +221,7 @@ def read_lines(path: Path, allow_empty: bool = False) -> list[str]:
     Each line is stripped of surrounding whitespace; an empty line is a ``UserError`` naming the
     file and the (1-based) line unless ``allow_empty``.
     """
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise UserError(f"text file {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"text file {str(path)!r} is a directory; give a file with one sentence per line") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"text file {str(path)!r} is not UTF-8 (byte {e.start})") from None
+    text = read_utf8(path, "text file", "give a file with one sentence per line")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
