@@ -32,6 +32,8 @@ def test_the_mean_of_the_last_epoch_models_keeps_the_fixed_masks(tmp_path, capsy
         assert int((mean[target.name] == 0).sum()) == int((~mask).sum())  # the masks survive averaging
     assert main(["average", str(tmp_path / "run"), "--last", "3", "--out", str(tmp_path / "avg3.pt")]) == 2
     assert "holds 2 epoch model(s)" in capsys.readouterr().err
+    run(parse_config(raw), log=lambda line: None, overwrite=True)  # models/ is the run's own: replaced, not refused
+    assert sorted(p.name for p in (tmp_path / "run" / "models").iterdir()) == ["epoch_0003.pt", "epoch_0004.pt"]
 
 
 def test_new_training_options_leave_earlier_fingerprints_alone():

@@ -50,6 +50,7 @@ RUN_FOLDERS: dict[str, re.Pattern[str]] = {
     "sparsity": re.compile(r"(step\d+_\d+_\w+|final)\.csv"),
     "gpmt_reference": re.compile(r"prune_log\.csv|prune_refined_log\.csv|layer_sparsities\.csv|weight_mask\.npy"
                                  r"|mask_list\.pt"),
+    "models": re.compile(r"epoch_\d+\.pt"),  # training.keep_last_models
 }
 """Folders a run writes, with the names of the files it writes in them."""
 
