@@ -98,3 +98,29 @@ def test_update_freq_splits_the_global_batch_without_changing_the_update(tmp_pat
     for key, value in whole.items():
         torch.testing.assert_close(split[key], value, rtol=1e-4, atol=1e-6)
         assert torch.equal(split[key] == 0, value == 0), key  # the same GP masks
+
+
+def test_bn_momentum_decays_by_epochs_of_each_segment(tmp_path, monkeypatch):
+    """training.bn_momentum: max(initial * decay ** (epoch // every), minimum), restarting with each stage."""
+    from torch import nn
+
+    from sparsetrain.config import parse_config
+    from sparsetrain.runner.train import run
+    from tiny_config import tiny_config
+
+    seen = []
+    original = nn.modules.batchnorm._BatchNorm.forward
+
+    def forward(self, x):
+        if self.training:
+            seen.append(self.momentum)
+        return original(self, x)
+
+    monkeypatch.setattr(nn.modules.batchnorm._BatchNorm, "forward", forward)
+    raw = tiny_config(output_dir=str(tmp_path / "bn"), task={"dataset": {"name": "digits"}, "model": {
+        "name": "small_resnet", "options": {"width": 4}}}, data={"batch_size": 1258},
+        training={"progress": False, "bn_momentum": {"initial": 0.1, "decay": 0.5, "every": 2, "minimum": 0.03}},
+        stages=[{"kind": "dense", "epochs": 5}, {"kind": "finetune", "epochs": 1}])
+    run(parse_config(raw), log=lambda line: None)
+    per_step = [seen[i] for i in range(0, len(seen), len(seen) // 6)]  # one step per epoch, every BN alike
+    assert per_step == [0.1, 0.1, 0.05, 0.05, 0.03, 0.1]  # 0.025 is floored at 0.03; the finetune stage restarts

@@ -152,6 +152,17 @@ TrainingStage = TrainStage | GaPStage | GMPStage | DSTStage
 """Stages that train (and so have an optimizer and an LR schedule)."""
 
 
+class BNMomentumConfig(_Strict):
+    """BatchNorm momentum decayed by epochs, as the common PointNet++ recipe: ``max(initial * decay **
+    (e // every), minimum)`` at epoch ``e`` of each optimizer segment (a stage, or a GaP step with a fresh
+    optimizer: it restarts with the LR schedule). Momentum in torch's sense (weight of the new batch)."""
+
+    initial: float = Field(0.1, gt=0, le=1)
+    decay: float = Field(0.5, gt=0, le=1)
+    every: int = Field(20, ge=1, description="epochs between two decays")
+    minimum: float = Field(0.01, ge=0, le=1)
+
+
 class TrainingConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     mixup_alpha: float | None = Field(
@@ -160,6 +171,8 @@ class TrainingConfig(_Strict):
         "training RNG; inputs lam*x + (1-lam)*x[perm], loss lam*CE(y) + (1-lam)*CE(y[perm]), both with "
         "label_smoothing; evaluation unchanged. null or 0: off; else a finite number > 0")
     grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
+    bn_momentum: BNMomentumConfig | None = Field(
+        None, description="decay BatchNorm momentum by epochs (PointNet++ recipe); null: the modules' own")
     update_freq: int = Field(
         1, ge=1, description="micro-batches per optimizer step over all processes, gradients accumulated (a "
         "token-batched task: batches of max_tokens per step, so fairseq's --update-freq U on W GPUs is U*W here "
@@ -304,7 +317,7 @@ class RunConfig(_Strict):
 
 _ADDED_AFTER_0_1 = (("training", "on_nonfinite"), ("training", "max_eval_batches"), ("imports",),
                     ("targets", "dense_first"), ("targets", "dense_last"),
-                    ("training", "mixup_alpha"), ("training", "update_freq"),
+                    ("training", "mixup_alpha"), ("training", "update_freq"), ("training", "bn_momentum"),
                     ("task", "options"))
 """Trajectory-shaping fields newer than 0.1: hashed only when set away from their default."""
 

@@ -388,6 +388,8 @@ class _Run:
         segment_start_step = segment.start_epoch * spe
         training = self.config.training
         rank, world = (self.dist.rank, self.dist.world_size) if self.ddp is not None else (0, 1)
+        if training.bn_momentum is not None:
+            set_bn_momentum(self.model, training.bn_momentum, epoch - segment.start_epoch)
         # Every rank runs this loop in step with the others (DDP, or P-GaP workers), so they can agree
         # on a stop; P-GaP's fine-tuning runs on rank 0 alone.
         lockstep = self.dist is not None and (self.ddp is not None or stream > 0)
@@ -640,6 +642,15 @@ class _Run:
                    "primary": self.task.primary()}
         atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2))
         return RunResult(self.dir, self.model, masks, final, best)
+
+
+def set_bn_momentum(model: nn.Module, schedule: Any, segment_epoch: int) -> float:
+    """Set every BatchNorm's momentum for epoch ``segment_epoch`` of a segment (``training.bn_momentum``)."""
+    momentum = max(schedule.initial * schedule.decay ** (segment_epoch // schedule.every), schedule.minimum)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+    return momentum
 
 
 def _grouped(batches: Any, sizes: list[int]) -> Any:
