@@ -413,7 +413,8 @@ def test_scheme_errors(small):
     with pytest.raises(SparsityError, match="must be a scheme name"):
         partition_targets(targets, b"layers", 2)
     assert set(SCHEMES) == {"layers", "balanced", "blocks", "stages"}
-    assert set(PRESETS) == {"resnet_stages", "resnet50_blocks", "transformer_2", "transformer_3", "transformer_6"}
+    assert set(PRESETS) == {"resnet_stages", "resnet50_blocks", "transformer_2", "transformer_3", "transformer_3_forward",
+                            "transformer_6"}
 
 
 @pytest.mark.parametrize("kappa", [0, -1, True, 1.5, "2"])

@@ -51,7 +51,8 @@ def test_task_kind_is_checked_against_the_registry():
     with pytest.raises(ConfigError) as err:
         parse_config({"task": {"kind": "speech"}, "stages": [{"kind": "dense", "epochs": 1}]})
     message = str(err.value)
-    assert "\n" not in message and "task.kind='speech'" in message and "registered: classification, translation" in message
+    assert "\n" not in message and "task.kind='speech'" in message and "registered: classification, " in message
+    assert "translation" in message
 
 
 def test_an_import_that_fails_is_one_line_naming_the_module():
