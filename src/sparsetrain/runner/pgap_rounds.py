@@ -9,7 +9,8 @@ event prune every partition back to the target. Then rank 0 (or the single proce
 
 Without torchrun the workers run one after another in this process; under torchrun each rank is
 one worker (``WORLD_SIZE`` = kappa) and the merge is a broadcast of each rank's partition. Both
-give the same merged model, because each worker's RNG and data order depend only on its seeds.
+give the same merged model, because each worker's RNG and data order depend only on its seeds; after
+each merge the RNG is reseeded from (seed, stage, round), so the fine-tuning draws the same either way.
 The round in progress is checkpointed as :class:`RoundState`, so a run stopped between or inside
 workers resumes exactly.
 """
@@ -101,6 +102,9 @@ def train_pgap_stage(run: _Run, span: StageSpan) -> None:
             if run.dist is None:
                 run.save()
         _merge(run, span, round_index, owners)
+        # What trains next (the next round's workers reseed; the fine-tuning does not) draws from an RNG that
+        # depends on (seed, stage, round) only, not on which worker this process simulated last.
+        seed_everything(derived_seed(run.config.seed, span.index, round_index, layout.kappa))
         run.epoch = round_start + per_round
         run.step = run.epoch * spe
         run.apply_due_events(span)  # the merge's prune: every partition back to the target

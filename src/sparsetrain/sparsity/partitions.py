@@ -114,6 +114,11 @@ PRESETS: dict[str, tuple[str, ...]] = {
         _DEC + r"[23]\.",
         _DEC + r"[45]\.",
     ),
+    # PointNet++ part segmentation (the common implementation's names): by set-abstraction (SA) and
+    # feature-propagation (FP) level; the head convs (conv1, conv2) join the last FP level.
+    "pointnet2_2": (r"^sa\d\.", r"^(fp\d|conv\d)\."),
+    "pointnet2_3": (r"^sa[12]\.", r"^(sa3|fp3)\.", r"^(fp[12]|conv\d)\."),
+    "pointnet2_4": (r"^sa1\.", r"^sa2\.", r"^(sa3|fp3)\.", r"^(fp[12]|conv\d)\."),
 }
 
 _NUMERIC = re.compile(r"[0-9]+")

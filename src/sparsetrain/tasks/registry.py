@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from .base import Task
 
 _BUILTIN = {"classification": "sparsetrain.tasks.classification",
-            "translation": "sparsetrain.tasks.translation"}  # kind -> module that registers it
+            "translation": "sparsetrain.tasks.translation",
+            "part_segmentation": "sparsetrain.tasks.part_segmentation"}  # kind -> module that registers it
 TASKS: dict[str, type[Task]] = {}
 _T = TypeVar("_T")
 
