@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/quality.py --quick
 	$(BIN)/python bench/inference.py --quick
 	$(BIN)/python bench/translation.py --quick
+	$(BIN)/python bench/point_ops.py --quick
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

@@ -434,6 +434,8 @@ def _imagenet_args(rel: str = "imagenet", *extra: str) -> tuple[str, ...]:
 # The cases
 
 RUN = ("run", "{cfg}")
+PART_SEG = ("task.kind=part_segmentation", "task.dataset.name=embedded_parts",
+            "task.model.name=pointnet2_part_seg_tiny")
 TRANSLATION = ("task.kind=translation", "task.dataset.name=embedded_en_de", "task.model.name=transformer_tiny")
 PLAN = ("plan", "{cfg}")
 EVAL = ("eval",)
@@ -1179,6 +1181,17 @@ CASES: list[Case] = [
     _c("translation-update-freq-toy", "config", "update_freq 2 for a task whose counts are not known in advance",
        (*RUN, "training.update_freq=2", "imports=[toy_regression_task]", "task.kind=toy_regression"),
        r"training.update_freq=2: task 'toy_regression' counts targets"),
+    _c("part-seg-shapenet-without-root", "config", "ShapeNet part without its directory", (*RUN, *PART_SEG,
+       "task.dataset.name=shapenet_part"), r"task.dataset.name='shapenet_part' reads a directory: set "
+       r"task.dataset.options.root"),
+    _c("part-seg-missing-root", "data", "ShapeNet part directory that does not exist", (*RUN, *PART_SEG,
+       "task.dataset.name=shapenet_part", "task.dataset.options.root={tmp}/shapenet"),
+       r"task.dataset.options: data root .*shapenet' does not exist"),
+    _c("part-seg-npoints-tiny", "config", "fewer points than the sampler needs", (*RUN, *PART_SEG,
+       "task.dataset.options.npoints=8"), r"task.dataset.options.npoints=8: Input should be greater than or "
+       r"equal to 32"),
+    _c("part-seg-not-pointnet", "config", "part segmentation with an MLP", (*RUN, *PART_SEG[:-1],
+       "task.model.name=mlp"), r"task.model.name='mlp' is not a PointNet\+\+ part-segmentation model"),
     _c("average-one-file", "cli", "average with one checkpoint", ("average", "{tmp}/a.pt", "--out", "{tmp}/avg.pt"),
        r"average needs at least 2 checkpoints, got 1", setup=torch_file("a.pt", lambda t: _mlp_state()),
        after=absent("avg.pt")),
