@@ -203,3 +203,15 @@ def test_bad_part_segmentation_options_are_one_line_errors(tmp_path, cache):
         get_task("part_segmentation").check_config(load_config(_config(
             tmp_path, cache, "bad2", stages, merge={"task": {"options": {"vote": 2}}})))
     assert set(SEG_CLASSES["Mug"]) == {36, 37}
+
+
+def test_the_demo_rows_share_one_budget_and_one_dataset():
+    from sparsetrain.demo import training_epochs
+
+    demo = Path(__file__).parents[1] / "src" / "sparsetrain" / "configs" / "demo_part_segmentation"
+    configs = [load_config(path) for path in sorted(demo.glob("*.yaml"))]
+    assert [c.name for c in configs] == ["dense", "gp_0.8", "sgap_uniform_0.8", "pgap_uniform_0.8", "gp_0.9",
+                                         "sgap_uniform_0.9", "pgap_uniform_0.9"]
+    # every row spends 10 epochs wall-clock (P-GaP's 2 workers x 2 rounds x 2 epochs count twice in compute)
+    assert [training_epochs(c) for c in configs] == [10, 10, 10, 14, 10, 10, 14]
+    assert len({json.dumps(c.task.model_dump(), sort_keys=True) for c in configs}) == 1
