@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ValidationError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -109,6 +110,16 @@ class Task:
         """What :meth:`epoch_size` and the FLOPs per example count: ``examples``, or :attr:`COUNT_UNIT` when
         :attr:`GLOBAL_SIZE_IS_COUNT` (a translation task's steps count target tokens)."""
         return cls.COUNT_UNIT if cls.GLOBAL_SIZE_IS_COUNT else "examples"
+
+    @classmethod
+    def check_catalog(cls, config: RunConfig, dataset_noun: str, model_noun: str) -> None:
+        """Refuse a ``task.dataset.name`` or ``task.model.name`` outside :meth:`catalog`, in one line naming the
+        valid ones (``... is not a translation dataset; valid: ...``)."""
+        catalog = cls.catalog()
+        for key, name, names, noun in (("task.dataset.name", config.task.dataset.name, catalog["datasets"], dataset_noun),
+                                       ("task.model.name", config.task.model.name, catalog["models"], model_noun)):
+            if names and name not in names:
+                raise UserError(f"{key}={name!r} is not a {noun}; valid: {', '.join(names)}")
 
     @classmethod
     def catalog(cls) -> dict[str, list[str]]:
@@ -254,6 +265,19 @@ class Task:
         label = cls.METRIC_LABEL.get("log", cls.METRIC_LABEL["short"])
         text = "n/a" if value is None else f"{value:.2f}%" if cls.METRIC_LABEL.get("percent") else f"{value:.4f}"
         return f"{label}{after} {text}"
+
+def parse_options(schema: type[BaseModel], raw: dict[str, Any], where: str) -> Any:
+    """``raw`` (a task's ``options`` mapping at config key ``where``) validated by ``schema``; a one-line
+    ``UserError`` naming the key, the value and the rule otherwise."""
+    try:
+        return schema(**raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise UserError(f"unknown key {where}.{key!r}; valid: {', '.join(schema.model_fields)}") from None
+        raise UserError(f"{where}.{key}={first.get('input')!r}: {first['msg']}") from None
+
 
 def as_test_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """``{"top1": x}`` -> ``{"test/top1": x}``."""

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UserError
 from ..methods.schema import StrictModel
-from .base import Task
+from .base import Task, parse_options
 from .registry import register_task
 
 if TYPE_CHECKING:
@@ -73,15 +73,6 @@ class PartSegOptions(StrictModel):
     votes: int = Field(1, ge=1, description="test-time voting: forward passes averaged per evaluation batch")
 
 
-def _options(model: type[StrictModel], raw: dict[str, Any], where: str) -> Any:
-    try:
-        return model(**raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            raise UserError(f"unknown key {where}.{key!r}; valid: {', '.join(model.model_fields)}") from None
-        raise UserError(f"{where}.{key}={first.get('input')!r}: {first['msg']}") from None
 
 
 class EpochSampled(Dataset):
@@ -130,23 +121,16 @@ class PartSegmentationTask(Task):
     @classmethod
     def check_config(cls, config: RunConfig) -> None:
         super().check_config(config)
-        if config.task.dataset.name not in DATASETS:
-            raise UserError(f"task.dataset.name={config.task.dataset.name!r} is not a part-segmentation dataset; "
-                            f"valid: {', '.join(DATASETS)}")
-        _options(PartSegDataOptions, config.task.dataset.options, "task.dataset.options")
-        _options(PartSegOptions, config.task.options, "task.options")
-        from ..models.pointnet2 import POINTNET2_MODELS
-
-        if config.task.model.name not in POINTNET2_MODELS:
-            raise UserError(f"task.model.name={config.task.model.name!r} is not a PointNet++ part-segmentation model; "
-                            f"valid: {', '.join(POINTNET2_MODELS)}")
+        cls.check_catalog(config, "part-segmentation dataset", "PointNet++ part-segmentation model")
+        parse_options(PartSegDataOptions, config.task.dataset.options, "task.dataset.options")
+        parse_options(PartSegOptions, config.task.options, "task.options")
 
     @classmethod
     def build(cls, config: RunConfig) -> PartSegmentationTask:
         from ..data.shapenet_part import ShapeNetPart
 
-        data = _options(PartSegDataOptions, config.task.dataset.options, "task.dataset.options")
-        options = _options(PartSegOptions, config.task.options, "task.options")
+        data = parse_options(PartSegDataOptions, config.task.dataset.options, "task.dataset.options")
+        options = parse_options(PartSegOptions, config.task.options, "task.options")
         root = _data_root(config.task.dataset.name, data)
         common = {"npoints": data.npoints, "normal_channel": data.normal_channel, "categories": data.categories,
                   "seed": config.seed}
@@ -160,7 +144,7 @@ class PartSegmentationTask(Task):
     @classmethod
     def plan_facts(cls, config: RunConfig) -> tuple[Any, ...] | None:
         """From ``task.dataset.options.plan`` when the ShapeNet directory is absent (the paper configs)."""
-        data = _options(PartSegDataOptions, config.task.dataset.options, "task.dataset.options")
+        data = parse_options(PartSegDataOptions, config.task.dataset.options, "task.dataset.options")
         if data.plan is None or (data.root is not None and Path(data.root).is_dir()):
             return None
         return data.plan.train_shapes, _model(config, data), _example(data)

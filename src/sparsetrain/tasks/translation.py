@@ -38,14 +38,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import token_batching
 from ..errors import UserError
 from ..methods.schema import StrictModel
-from .base import Task
+from .base import Task, parse_options
 from .registry import register_task
 from .translation_bleu import corpus_scores, detokenize
 
@@ -101,15 +101,6 @@ class TranslationOptions(StrictModel):
     max_len_b: int = Field(200, ge=1)
 
 
-def _options(model: type[StrictModel], raw: dict[str, Any], where: str) -> Any:
-    try:
-        return model(**raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            raise UserError(f"unknown key {where}.{key!r}; valid: {', '.join(model.model_fields)}") from None
-        raise UserError(f"{where}.{key}={first.get('input')!r}: {first['msg']}") from None
 
 
 @register_task("translation")
@@ -151,21 +142,14 @@ class TranslationTask(Task):
     @classmethod
     def check_config(cls, config: RunConfig) -> None:
         super().check_config(config)
-        if config.task.dataset.name not in DATASETS:
-            raise UserError(f"task.dataset.name={config.task.dataset.name!r} is not a translation dataset; valid: "
-                            f"{', '.join(DATASETS)}")
-        _options(TranslationDataOptions, config.task.dataset.options, "task.dataset.options")
-        _options(TranslationOptions, config.task.options, "task.options")
-        from ..models.transformer import ARCHS
-
-        if config.task.model.name not in ARCHS:
-            raise UserError(f"task.model.name={config.task.model.name!r} is not a Transformer; valid: "
-                            f"{', '.join(ARCHS)}")
+        cls.check_catalog(config, "translation dataset", "Transformer")
+        parse_options(TranslationDataOptions, config.task.dataset.options, "task.dataset.options")
+        parse_options(TranslationOptions, config.task.options, "task.options")
 
     @classmethod
     def build(cls, config: RunConfig) -> TranslationTask:
-        data_options = _options(TranslationDataOptions, config.task.dataset.options, "task.dataset.options")
-        options = _options(TranslationOptions, config.task.options, "task.options")
+        data_options = parse_options(TranslationDataOptions, config.task.dataset.options, "task.dataset.options")
+        options = parse_options(TranslationOptions, config.task.options, "task.options")
         return cls(config, read_data(config.task.dataset.name, data_options), data_options, options)
 
     def build_model(self) -> nn.Module:
@@ -183,7 +167,7 @@ class TranslationTask(Task):
     @classmethod
     def plan_facts(cls, config: RunConfig) -> tuple[Any, ...] | None:
         """From ``task.dataset.options.plan`` when the data directory is absent (the paper configs' WMT14)."""
-        options = _options(TranslationDataOptions, config.task.dataset.options, "task.dataset.options")
+        options = parse_options(TranslationDataOptions, config.task.dataset.options, "task.dataset.options")
         if options.plan is None or (options.path is not None and Path(options.path).is_dir()):
             return None
         from ..models.transformer import build_transformer
@@ -201,7 +185,7 @@ class TranslationTask(Task):
 
     @classmethod
     def describe_batch(cls, config: RunConfig) -> str:
-        options = _options(TranslationOptions, config.task.options, "task.options")
+        options = parse_options(TranslationOptions, config.task.options, "task.options")
         return f"{config.training.update_freq} batch(es) of <= {options.max_tokens} padded tokens"
 
     def example_input(self) -> Any:
