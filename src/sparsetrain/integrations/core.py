@@ -1,0 +1,98 @@
+"""What every training-framework integration does, once: keep a fixed mask set or drive a method's schedule
+from another library's loop (Hugging Face ``Trainer``, Lightning), without that library.
+
+:class:`SparsityDriver` is built from a ``MaskSet`` (fixed masks, e.g. from :func:`sparsetrain.prune`) or from
+a method's stage (``"gmp"``, ``"rigl"``, ``"sgap"``, ... with its fields, through
+:class:`~sparsetrain.methods.MethodScheduler`; P-GaP, which needs κ workers, is refused). The framework's
+callback calls :meth:`before_step` before a step's forward pass, :meth:`after_backward` once the step's
+gradients are complete (before the optimizer), and :meth:`after_step` right after the optimizer: pruned weights
+and every optimizer state tensor of their shape are then exactly zero. An event that resets the optimizer in
+the runner (a GaP step) clears the optimizer's state here instead (the framework owns the optimizer and its LR
+schedule, which continues). ``state_dict``/``load_state_dict`` carry the masks through a framework checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..methods import MaskEvent, MethodScheduler
+from ..sparsity import MaskSet, Sparsifier
+from ..sparsity.targets import Selector
+
+HF_CONV1D = "transformers.pytorch_utils.Conv1D"
+"""Hugging Face's transposed linear layer (GPT-2): a default target type of the integrations."""
+
+
+def default_target_types(model: nn.Module) -> list[type[nn.Module]]:
+    """``nn.Linear``, ``nn.Conv1d/2d/3d`` and, when ``model`` uses it, Hugging Face's ``Conv1D`` (found by its
+    qualified name, so nothing imports transformers); embeddings and norms are never among them."""
+    types: list[type[nn.Module]] = [nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d]
+    for module in model.modules():
+        cls = type(module)
+        if f"{cls.__module__}.{cls.__qualname__}" == HF_CONV1D and cls not in types:
+            types.append(cls)
+    used = {type(m) for m in model.modules()}
+    return [t for t in types if any(issubclass(u, t) for u in used)]
+
+
+class SparsityDriver:
+    """Fixed masks or a method's mask events in a loop sparsetrain does not own (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, *, masks: MaskSet | None = None,
+                 method: str | Mapping[str, Any] | None = None, steps_per_epoch: int | None = None,
+                 include: Selector | Sequence[Selector] | None = None,
+                 exclude: Selector | Sequence[Selector] | None = None, seed: int = 0, **fields: Any) -> None:
+        if (masks is None) == (method is None):
+            raise UserError("give exactly one of masks= (fixed masks, e.g. from sparsetrain.prune) or method= "
+                            "(a method's stage: 'gmp', 'rigl', 'sgap', ...)")
+        self.model = model
+        self.scheduler: MethodScheduler | None = None
+        if masks is not None:
+            if fields:
+                raise UserError(f"fixed masks take no method fields (got {', '.join(sorted(fields))})")
+            self.sparsifier = Sparsifier(model, masks)
+            masks.enforce_()
+            return
+        if steps_per_epoch is None or int(steps_per_epoch) < 1:
+            raise UserError(f"method={method!r} needs steps_per_epoch >= 1 (optimizer steps per epoch), "
+                            f"got {steps_per_epoch!r}")
+        if include is None:
+            include = default_target_types(model)
+        kind = method if isinstance(method, str) else str(method.get("kind"))
+        if kind == "pgap":
+            raise UserError("method='pgap' trains kappa workers in parallel and merges them, which one training "
+                            "loop cannot do; use 'sgap' here, or run P-GaP with `sparsetrain run`")
+        self.scheduler = MethodScheduler(method, model, int(steps_per_epoch), seed=seed, include=include,
+                                         exclude=exclude, **fields)
+        self.sparsifier = self.scheduler.sparsifier
+
+    @property
+    def masks(self) -> MaskSet:
+        return self.sparsifier.masks
+
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer | None) -> list[MaskEvent]:
+        return self._applied(self.scheduler.before_step(step, optimizer) if self.scheduler else [], optimizer)
+
+    def after_backward(self, step: int, optimizer: torch.optim.Optimizer | None) -> list[MaskEvent]:
+        return self._applied(self.scheduler.after_backward(step, optimizer) if self.scheduler else [], optimizer)
+
+    def after_step(self, optimizer: torch.optim.Optimizer | None) -> None:
+        self.sparsifier.step(optimizer)
+
+    def _applied(self, events: list[MaskEvent], optimizer: torch.optim.Optimizer | None) -> list[MaskEvent]:
+        if optimizer is not None and any(event.resets_optimizer for event in events):
+            optimizer.state.clear()  # a GaP step's fresh optimizer: moments start at zero again
+        if events:
+            self.masks.enforce_()
+        return events
+
+    def state_dict(self) -> dict:
+        return self.sparsifier.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sparsifier.load_state_dict(state)
