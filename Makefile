@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The local CPU build; a bare `torch` requirement would pull several GB of CUDA wheels.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,export]'
+	$(BIN)/python -m pip install --quiet -e '.[test,export,hf,lightning,tensorboard,wandb]'
 	touch $(STAMP)
 
 # The demo table: every config of configs/demo/ for seeds 0, 1, 2, two runs at a time (about 6 minutes).

@@ -207,6 +207,11 @@ def _run(args: argparse.Namespace) -> int:
     if result is None:  # a non-zero rank of a multi-process run: rank 0 writes the results
         return 0
     report = write_report(result.run_dir)
+    if config.training.loggers != ["jsonl"]:
+        from .runner.loggers import log_report_plots
+
+        log_report_plots(result.run_dir, config.training.loggers, config.name, config.model_dump(mode="json"),
+                         result.final["step"])
     from .tasks import get_task
 
     task = get_task(config.task.kind)

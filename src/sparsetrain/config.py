@@ -194,6 +194,14 @@ class TrainingConfig(_Strict):
         "stop", description="a NaN/inf training loss: stop the run (exit non-zero), skip that batch's update, "
         "or continue (the pre-0.2 behaviour)")
     progress: bool = True
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["jsonl"], description="where metrics go: jsonl (always), tensorboard, wandb "
+        "(offline unless WANDB_MODE); each optional one needs its extra: pip install 'sparsetrain[tensorboard]'")
+
+    @field_validator("loggers")
+    @classmethod
+    def _jsonl_always(cls, value: list[str]) -> list[str]:
+        return ["jsonl", *[name for name in dict.fromkeys(value) if name != "jsonl"]]
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -300,7 +308,8 @@ class RunConfig(_Strict):
         run directories written by 0.1 keep their fingerprint (and stay resumable).
         """
         payload = self.model_dump(mode="json", exclude={
-            "output_dir": True, "training": {"progress", "checkpoint_every_steps", "stop_check_every", "keep_last_models"}})
+            "output_dir": True, "training": {"progress", "checkpoint_every_steps", "stop_check_every", "keep_last_models",
+                                      "loggers"}})
         for path in _ADDED_AFTER_0_1:
             *sections, key = path
             section = payload

@@ -87,6 +87,7 @@ from .distributed import (
     shutdown_process_group,
 )
 from .flops import TRAINING_PASSES, target_forward_flops, training_flops_per_example
+from .loggers import MetricLoggers, check_loggers
 from .lr_schedules import set_lr
 from .outputs import (
     append_jsonl,
@@ -179,6 +180,7 @@ class _Run:
         self.event_sparsity = 0.0  # target sparsity after the last mask event (the progress bar's; no sync per step)
         self.skipped_steps = 0  # updates skipped for a non-finite loss (training.on_nonfinite=skip)
         self.stop_signal: int | None = None  # SIGTERM/SIGUSR1 received: checkpoint at the next step and stop
+        self.metric_loggers: MetricLoggers | None = None  # training.loggers beyond jsonl (rank 0)
 
     @property
     def is_main(self) -> bool:
@@ -306,6 +308,8 @@ class _Run:
                  "train_flops": self.train_flops, "time_s": round(self.elapsed(), 3)}
         self.history.append(entry)
         append_jsonl(self.dir / "metrics.jsonl", entry)
+        if self.metric_loggers is not None:
+            self.metric_loggers.log_record(entry, self.step)
         if entry is self.best_record():
             atomic_torch_save(self.model.state_dict(), self.dir / "model_best.pt")
         return entry
@@ -352,6 +356,8 @@ class _Run:
             return
         csv_name = f"sparsity/step{self.step:08d}_{self.events_applied:03d}_{event.kind}.csv"
         write_layer_csv(self.dir / csv_name, masks)
+        if self.metric_loggers is not None:
+            self.metric_loggers.log_layer_sparsity({row.name: row.sparsity for row in masks.table()}, self.step)
         entry = {"step": self.step, "epoch": self.epoch, "stage": span.index, "kind": event.kind,
                  "label": event.label, "sparsity": masks.sparsity(), "csv": csv_name}
         self.events.append(entry)
@@ -734,6 +740,7 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
     Under torchrun (WORLD_SIZE > 1) only P-GaP stages use the extra processes; rank 0 writes every
     file and returns the result, other ranks return None after the last merge.
     """
+    check_loggers(config.training.loggers)  # a logger whose package is missing: refused before anything is written
     if resume or os.environ.get("RANK", "0") == "0":  # other ranks would see the marker rank 0 writes
         check_run_dir(config, resume, overwrite)  # refuse before the data loads and anything is logged
     state = _Run(config, _LogLines(config.run_dir() / LOG_FILE, log))
@@ -743,6 +750,9 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
     state.setup_data_parallel()
     if state.is_main:
         prepare_run_dir(config, resume, overwrite)
+        if config.training.loggers != ["jsonl"]:
+            state.metric_loggers = MetricLoggers(config.training.loggers, state.dir, config.name,
+                                                 config.model_dump(mode="json"))
     if resume:
         if not ((state.dir / CHECKPOINT).is_file() or (state.dir / RANK_MANIFEST).is_file()):
             raise CheckpointError(f"cannot resume: {str(state.dir / CHECKPOINT)!r} does not exist")
@@ -763,6 +773,8 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
             torch.distributed.barrier()
         return result
     finally:
+        if state.metric_loggers is not None:
+            state.metric_loggers.close()
         if state.dist is not None:
             # DDP's reducer holds the process group inside reference cycles (autograd hooks); left to
             # the garbage collector, gloo's threads could be torn down during interpreter shutdown,
