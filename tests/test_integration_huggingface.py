@@ -198,9 +198,11 @@ def test_layer_partitions_for_gpt2_and_t5():
     regexes = hf_layer_partitions(gpt2, 3)
     assert regexes == [r"(?:^|\.)h\.(?:0|1)\.", r"(?:^|\.)h\.(?:2)\.", r"(?:^|\.)h\.(?:3)\."]
     assert regexes[0].startswith(HF_PARTITIONS["gpt2"][0].split("(", 2)[0])
-    # lm_head is tied to the token embedding: not a target, so every Conv1D lands in a partition
-    targets = select_targets(gpt2, [t for t in default_target_types(gpt2) if t is not nn.Linear])
+    # HF's Conv1D is a default target type; the Linear lm_head is tied to the token embedding, so Linear is not
+    assert [t.__name__ for t in default_target_types(gpt2)] == ["Conv1D"]
+    targets = select_targets(gpt2, default_target_types(gpt2))
     assert sum(len(p.target_names) for p in partition_targets(targets, regexes)) == len(targets) == 16
+    assert not any("wte" in t.name or "ln_" in t.name for t in targets)
     t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
         num_layers=2, num_decoder_layers=2, d_model=16, d_ff=32, num_heads=2, d_kv=8, vocab_size=50))
     assert hf_layer_partitions(t5, 2) == [r"(?:^|\.)encoder\.block\.(?:0|1)\.", r"(?:^|\.)decoder\.block\.(?:0|1)\."]

@@ -30,14 +30,21 @@ HF_CONV1D = "transformers.pytorch_utils.Conv1D"
 
 def default_target_types(model: nn.Module) -> list[type[nn.Module]]:
     """``nn.Linear``, ``nn.Conv1d/2d/3d`` and, when ``model`` uses it, Hugging Face's ``Conv1D`` (found by its
-    qualified name, so nothing imports transformers); embeddings and norms are never among them."""
+    qualified name, so nothing imports transformers), each only if some module of that type owns a weight no
+    earlier module holds (GPT-2's ``lm_head`` is tied to the token embedding, which is never a target unless
+    named); embeddings and norms are never among them."""
     types: list[type[nn.Module]] = [nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d]
+    seen: set[int] = set()
+    owning: set[type[nn.Module]] = set()
     for module in model.modules():
         cls = type(module)
         if f"{cls.__module__}.{cls.__qualname__}" == HF_CONV1D and cls not in types:
             types.append(cls)
-    used = {type(m) for m in model.modules()}
-    return [t for t in types if any(issubclass(u, t) for u in used)]
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and id(weight) not in seen:
+            owning.add(cls)
+        seen.update(id(p) for p in module.parameters(recurse=False))
+    return [t for t in types if any(issubclass(u, t) for u in owning)]
 
 
 class SparsityDriver:

@@ -60,19 +60,6 @@ BERT, RoBERTa, MiniLM, ELECTRA), GPT-2 (``h.N.``), T5 (``encoder.block.N.`` then
 :func:`hf_layer_partitions` turns them into κ partition regexes; other stacks are given to it as a list."""
 
 
-def _default_include(model: nn.Module) -> list[type[nn.Module]]:
-    """``default_target_types(model)`` less the types all of whose weights are shared with an earlier module
-    (GPT-2's ``lm_head`` Linear, tied to the token embedding, which is never a target unless named)."""
-    kept = []
-    for cls in default_target_types(model):
-        try:
-            select_targets(model, [cls])
-        except ValueError:
-            continue
-        kept.append(cls)
-    return kept or default_target_types(model)
-
-
 def _families(family: str | Sequence[str] | None) -> list[tuple[str, tuple[str, ...]]]:
     if family is None:
         return list(HF_PARTITIONS.items())
@@ -98,7 +85,7 @@ def hf_layer_partitions(model: nn.Module, kappa: int, *, family: str | Sequence[
     if int(kappa) < 1:
         raise UserError(f"kappa={kappa!r} must be >= 1")
     kappa = int(kappa)
-    names = [t.name for t in select_targets(model, include if include is not None else _default_include(model),
+    names = [t.name for t in select_targets(model, include if include is not None else default_target_types(model),
                                             exclude)]
     chosen = None
     for fam, patterns in _families(family):
@@ -221,7 +208,7 @@ class SparsityCallback(TrainerCallback):
             schema = method_for(method).SCHEMA
             if "epochs" in schema.model_fields and "epochs" not in fields and state.max_steps and state.max_steps > 0:
                 fields["epochs"] = max(1, math.ceil(state.max_steps / spe))
-        include = self.include if self.include is not None else _default_include(model)
+        include = self.include if self.include is not None else default_target_types(model)
         driver = SparsityDriver(model, method=method, steps_per_epoch=spe, include=include,
                                 exclude=self.exclude, seed=self.seed, **fields)
         total = driver.scheduler.total_steps if driver.scheduler is not None else 0
@@ -274,7 +261,7 @@ class SparsityCallback(TrainerCallback):
 def sparsity_of(model: nn.Module, include: Selector | Sequence[Selector] | None = None,
                 exclude: Selector | Sequence[Selector] | None = None) -> float:
     """The fraction of exact zeros over ``model``'s targets (``include`` defaults to ``default_target_types``)."""
-    targets = select_targets(model, include if include is not None else _default_include(model), exclude)
+    targets = select_targets(model, include if include is not None else default_target_types(model), exclude)
     zeros = sum(int((t.param == 0).sum()) for t in targets)
     total = sum(t.numel for t in targets)
     return zeros / total if total else 0.0
