@@ -56,6 +56,7 @@ import pickle
 import pickletools
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, Callable, Sequence, Union
 
 import numpy as np
@@ -689,3 +690,23 @@ def _parse_float(text: str, what: str, where: str, *, allow_na: bool) -> float |
     if not math.isfinite(value):
         raise UserError(f"{where}: {what} is not finite: {text!r}")
     return value
+
+
+def write_gpmt_reference_files(
+    directory: os.PathLike[str] | str, masks: Any, gp_counts: list[int], accuracy_before: float | None, accuracy_after: float
+) -> None:
+    """The GPMT reference code's outputs for one GPMT prune, for side-by-side comparisons.
+
+    ``prune_log.csv`` holds the plain GP counts of its stage 1 (the GP-pruned model is not
+    evaluated, so its Post Accuracy is left empty); ``prune_refined_log.csv`` the final counts and
+    the accuracy right after pruning; accuracies in percent.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    numels = [t.numel for t in masks.targets]
+    counts = [n - k for n, k in zip(numels, masks.kept_counts())]
+    write_prune_log(directory / "prune_log.csv", numels, gp_counts, None, accuracy_before)
+    write_layer_sparsities(directory / "layer_sparsities.csv", [c / n for c, n in zip(counts, numels)])
+    write_prune_log(directory / "prune_refined_log.csv", numels, counts, accuracy_after, accuracy_before)
+    write_weight_mask_npy(directory / "weight_mask.npy", masks.masks)
+    save_mask_list(directory / "mask_list.pt", masks.masks)

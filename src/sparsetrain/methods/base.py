@@ -18,6 +18,10 @@ A method module (one per stage kind, or one for a family of kinds) defines::
     pruned_after(event, pruned, shapes, ctx)      per-tensor pruned counts after the event (what
                                                   ``plan`` prints), or None when only a run knows
     evaluates_after(event) -> bool                whether a run evaluates right after the event
+    prepare_outputs(event, masks) / write_outputs(event, prepared, masks, run_dir, before, after)
+                                                  optional: files of the method's own (GPMT's reference
+                                                  files): what to keep before the event is applied, then
+                                                  the writing, after the evaluation right after it
     preflight(stage, key, names, shapes, ctx)     refuse, before training, what the targets' names
                                                   and shapes already rule out (``methods.checks``)
     label(stage) / distribution_label(stage)      the report's Method / Sparsity Distribution

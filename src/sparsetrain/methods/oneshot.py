@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import replace
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -111,6 +112,23 @@ def pruned_after(event: MaskEvent, pruned: list[int], shapes: Sequence[Sequence[
 
 def evaluates_after(event: MaskEvent) -> bool:
     return True
+
+
+def prepare_outputs(event: MaskEvent, masks: MaskSet) -> Any:
+    """Before a GPMT prune: the plain GP counts the reference code's stage-1 log holds (None otherwise)."""
+    if event.method != "gpmt":
+        return None
+    from ..sparsity import global_counts
+
+    return global_counts([t.param.detach() for t in masks.targets], event.sparsity, [t.name for t in masks.targets])
+
+
+def write_outputs(event: MaskEvent, prepared: Any, masks: MaskSet, run_dir: Any, before: float | None,
+                  after: float) -> None:
+    """After a GPMT prune and its evaluation: the reference code's files under ``<run>/gpmt_reference``."""
+    from ..interop.gpmt_files import write_gpmt_reference_files
+
+    write_gpmt_reference_files(Path(run_dir) / "gpmt_reference", masks, prepared, before, after)
 
 
 def label(stage: Mapping[str, Any]) -> str:

@@ -61,7 +61,7 @@ from ..config import RunConfig, dump_config
 from ..data.batching import derived_seed
 from ..errors import UserError
 from ..methods import MaskEvent, method_for, trains_with_workers
-from ..sparsity import MaskSet, Sparsifier, global_counts
+from ..sparsity import MaskSet, Sparsifier
 from ..tasks.base import TRAIN_LOSS, as_test_metrics
 from .checkpoint import (
     CheckpointError,
@@ -92,7 +92,6 @@ from .lr_schedules import set_lr
 from .outputs import (
     append_jsonl,
     rewrite_jsonl,
-    write_gpmt_reference_files,
     write_layer_csv,
 )
 from .pgap_rounds import RoundState, train_pgap_stage
@@ -335,11 +334,9 @@ class _Run:
 
     def apply_event(self, span: StageSpan, event: MaskEvent) -> None:
         before = self.history[-1][self.task.primary_key()] if self.history else None
-        gp_counts = None
-        if event.kind == "prune" and event.method == "gpmt":  # the reference code's stage 1 log holds plain GP counts
-            gp_counts = global_counts([t.param.detach() for t in self.targets], event.sparsity,
-                                      [t.name for t in self.targets])
         method = method_for(span.kind)  # the module of the stage that scheduled the event
+        prepare = getattr(method, "prepare_outputs", None)  # a method's own files (GPMT's reference files)
+        prepared = prepare(event, self.masks()) if prepare is not None else None
         method.apply(event, self.masks(), stage_context(span, self.timeline.steps_per_epoch, self.config.seed))
         masks = self.masks()
         if self.dist is not None:  # masks are computed on every rank; make sure they agree
@@ -367,9 +364,8 @@ class _Run:
         if not method.evaluates_after(event):
             return
         after = self.record(span.kind, self.epoch - span.start_epoch, 0.0, None)
-        if gp_counts is not None:
-            write_gpmt_reference_files(self.dir / "gpmt_reference", masks, gp_counts, before,
-                                       after[self.task.primary_key()])
+        if prepared is not None:
+            method.write_outputs(event, prepared, masks, self.dir, before, after[self.task.primary_key()])
         self.log(f"stage {span.index} {event.kind} {event.label}: sparsity {masks.sparsity():.4f}, "
                  f"{self.task.format_primary(after[self.task.primary_key()], ' right after')}")
 
