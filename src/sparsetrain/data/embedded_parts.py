@@ -449,7 +449,7 @@ def _blur_boundaries(rng: np.random.Generator, xyz: np.ndarray, parts: np.ndarra
     takes that neighbour's label with probability :data:`_FLIP`, like the inconsistent borders of
     human part annotation: no classifier can get these points right, so IoU stays below 1.
     """
-    from scipy.spatial import cKDTree  # scipy comes with scikit-learn, a dependency
+    from scipy.spatial import cKDTree
 
     distance, neighbour = cKDTree(xyz).query(xyz, k=7, distance_upper_bound=radius)
     valid = np.isfinite(distance[:, 1:])
