@@ -47,6 +47,23 @@ def default_target_types(model: nn.Module) -> list[type[nn.Module]]:
     return [t for t in types if any(issubclass(u, t) for u in owning)]
 
 
+def check_arguments(masks: MaskSet | None, method: str | Mapping[str, Any] | None, steps_per_epoch: int | None,
+                    fields: Mapping[str, Any]) -> None:
+    """What every integration refuses before training, in one line: both or neither of ``masks``/``method``,
+    method fields with fixed masks, P-GaP, a ``steps_per_epoch`` below 1."""
+    if (masks is None) == (method is None):
+        raise UserError("give exactly one of masks= (fixed masks, e.g. from sparsetrain.prune) or method= "
+                        "(a method's stage: 'gmp', 'rigl', 'sgap', ...)")
+    if masks is not None and fields:
+        raise UserError(f"fixed masks take no method fields (got {', '.join(sorted(fields))})")
+    kind = method if isinstance(method, str) or method is None else str(method.get("kind"))
+    if kind == "pgap":
+        raise UserError("method='pgap' trains kappa workers in parallel and merges them, which one training "
+                        "loop cannot do; use 'sgap' here, or run P-GaP with `sparsetrain run`")
+    if steps_per_epoch is not None and int(steps_per_epoch) < 1:
+        raise UserError(f"steps_per_epoch={steps_per_epoch!r} must be >= 1 (optimizer steps per epoch)")
+
+
 class SparsityDriver:
     """Fixed masks or a method's mask events in a loop sparsetrain does not own (see the module docstring)."""
 
@@ -54,26 +71,17 @@ class SparsityDriver:
                  method: str | Mapping[str, Any] | None = None, steps_per_epoch: int | None = None,
                  include: Selector | Sequence[Selector] | None = None,
                  exclude: Selector | Sequence[Selector] | None = None, seed: int = 0, **fields: Any) -> None:
-        if (masks is None) == (method is None):
-            raise UserError("give exactly one of masks= (fixed masks, e.g. from sparsetrain.prune) or method= "
-                            "(a method's stage: 'gmp', 'rigl', 'sgap', ...)")
+        check_arguments(masks, method, steps_per_epoch, fields)
         self.model = model
         self.scheduler: MethodScheduler | None = None
         if masks is not None:
-            if fields:
-                raise UserError(f"fixed masks take no method fields (got {', '.join(sorted(fields))})")
             self.sparsifier = Sparsifier(model, masks)
             masks.enforce_()
             return
-        if steps_per_epoch is None or int(steps_per_epoch) < 1:
-            raise UserError(f"method={method!r} needs steps_per_epoch >= 1 (optimizer steps per epoch), "
-                            f"got {steps_per_epoch!r}")
+        if steps_per_epoch is None:
+            raise UserError(f"method={method!r} needs steps_per_epoch (optimizer steps per epoch)")
         if include is None:
             include = default_target_types(model)
-        kind = method if isinstance(method, str) else str(method.get("kind"))
-        if kind == "pgap":
-            raise UserError("method='pgap' trains kappa workers in parallel and merges them, which one training "
-                            "loop cannot do; use 'sgap' here, or run P-GaP with `sparsetrain run`")
         self.scheduler = MethodScheduler(method, model, int(steps_per_epoch), seed=seed, include=include,
                                          exclude=exclude, **fields)
         self.sparsifier = self.scheduler.sparsifier

@@ -48,7 +48,7 @@ from transformers import TrainerCallback
 from ..errors import UserError
 from ..sparsity import MaskSet, select_targets
 from ..sparsity.targets import Selector
-from .core import SparsityDriver, default_target_types
+from .core import SparsityDriver, check_arguments, default_target_types
 
 HF_PARTITIONS: dict[str, tuple[str, ...]] = {
     "bert": (r"(?:^|\.)encoder\.layer\.(\d+)\.",),
@@ -151,15 +151,7 @@ class SparsityCallback(TrainerCallback):
     def __init__(self, masks: MaskSet | None = None, *, method: str | Mapping[str, Any] | None = None,
                  steps_per_epoch: int | None = None, include: Selector | Sequence[Selector] | None = None,
                  exclude: Selector | Sequence[Selector] | None = None, seed: int = 0, **fields: Any) -> None:
-        if (masks is None) == (method is None):
-            raise UserError("give exactly one of masks= (fixed masks, e.g. from sparsetrain.prune) or method= "
-                            "(a method's stage: 'gmp', 'rigl', 'sgap', ...)")
-        if masks is not None and fields:
-            raise UserError(f"fixed masks take no method fields (got {', '.join(sorted(fields))})")
-        if method is not None and _kind(method) == "pgap":
-            SparsityDriver(nn.Module(), method=method, steps_per_epoch=1)  # raises the driver's one-line error
-        if steps_per_epoch is not None and int(steps_per_epoch) < 1:
-            raise UserError(f"steps_per_epoch={steps_per_epoch!r} must be >= 1 (optimizer steps per epoch)")
+        check_arguments(masks, method, steps_per_epoch, fields)
         self._masks = masks
         self.method = method
         self.steps_per_epoch = steps_per_epoch

@@ -42,7 +42,7 @@ import torch
 from ..errors import UserError
 from ..sparsity import MaskSet
 from ..sparsity.targets import Selector
-from .core import SparsityDriver
+from .core import SparsityDriver, check_arguments
 
 __all__ = ["SparsityCallback"]
 
@@ -60,13 +60,7 @@ class SparsityCallback(pl.Callback):
                  steps_per_epoch: int | None = None, include: Selector | Sequence[Selector] | None = None,
                  exclude: Selector | Sequence[Selector] | None = None, seed: int = 0, **fields: Any) -> None:
         super().__init__()
-        if (masks is None) == (method is None):
-            raise UserError("give exactly one of masks= (fixed masks, e.g. from sparsetrain.prune) or method= "
-                            "(a method's stage: 'gmp', 'rigl', 'sgap', ...)")
-        if masks is not None and fields:
-            raise UserError(f"fixed masks take no method fields (got {', '.join(sorted(fields))})")
-        if steps_per_epoch is not None and int(steps_per_epoch) < 1:
-            raise UserError(f"steps_per_epoch={steps_per_epoch!r} must be >= 1 (optimizer steps per epoch)")
+        check_arguments(masks, method, steps_per_epoch, fields)
         self._masks = masks
         self.method = method
         self.steps_per_epoch = steps_per_epoch
