@@ -201,6 +201,15 @@ def test_masks_survive_checkpoint_resume(tmp_path):
     assert other.checksum() == saved and masks_hold(other)
 
 
+def test_sgap_runs_without_an_epochs_field_and_ends_at_its_target():
+    """S-GaP's stage has no ``epochs`` field: the trainer's max_epochs must not be forced into it."""
+    callback = SparsityCallback(method="sgap", sparsity=0.5, partitions={"scheme": "layers", "kappa": 2},
+                                epochs_per_step=1, rounds=1, finetune_epochs=1)
+    module = Tiny()
+    trainer([callback], epochs=4).fit(module, loader())
+    assert callback.masks.sparsity() == pytest.approx(0.5, abs=1e-3) and masks_hold(callback.masks)
+
+
 def test_pgap_is_refused_in_one_line():
     with pytest.raises(UserError) as info:
         trainer([SparsityCallback(method="pgap", sparsity=0.9)], epochs=1).fit(Tiny(), loader())

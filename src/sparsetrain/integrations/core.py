@@ -64,6 +64,48 @@ def check_arguments(masks: MaskSet | None, method: str | Mapping[str, Any] | Non
         raise UserError(f"steps_per_epoch={steps_per_epoch!r} must be >= 1 (optimizer steps per epoch)")
 
 
+class DriverRecipe:
+    """A callback's arguments, checked once (:func:`check_arguments`), and the :class:`SparsityDriver` they build
+    once the framework tells the model, its optimizer steps per epoch and the epochs it trains."""
+
+    def __init__(self, masks: MaskSet | None, method: str | Mapping[str, Any] | None, steps_per_epoch: int | None,
+                 include: Selector | Sequence[Selector] | None, exclude: Selector | Sequence[Selector] | None,
+                 seed: int, fields: Mapping[str, Any]) -> None:
+        check_arguments(masks, method, steps_per_epoch, fields)
+        self.masks, self.method, self.steps_per_epoch = masks, method, steps_per_epoch
+        self.include, self.exclude, self.seed, self.fields = include, exclude, seed, dict(fields)
+
+    def needs_epochs(self) -> bool:
+        """Whether the method's stage has an ``epochs`` field the caller left to the framework."""
+        if not isinstance(self.method, str) or "epochs" in self.fields:
+            return False
+        from ..methods import method_for
+
+        return "epochs" in method_for(self.method).SCHEMA.model_fields
+
+    def build(self, model: nn.Module, steps_per_epoch: int | None = None, epochs: int | None = None) -> SparsityDriver:
+        """The driver for ``model``: fixed masks, or the method with the caller's ``steps_per_epoch`` (else the
+        framework's) and, when the caller gave none, the framework's ``epochs``."""
+        if self.masks is not None:
+            return SparsityDriver(model, masks=self.masks)
+        fields = dict(self.fields)
+        if self.needs_epochs():
+            if epochs is None:
+                raise UserError(f"method={self.method!r} needs epochs=... (the trainer tells no number of epochs)")
+            fields["epochs"] = epochs
+        return SparsityDriver(model, method=self.method, steps_per_epoch=self.steps_per_epoch or steps_per_epoch,
+                              include=self.include if self.include is not None else default_target_types(model),
+                              exclude=self.exclude, seed=self.seed, **fields)
+
+    def masks_in_force(self, driver: SparsityDriver | None) -> MaskSet:
+        """The driver's masks, or before it exists the fixed masks given; a method's exist only once built."""
+        if driver is not None:
+            return driver.masks
+        if self.masks is not None:
+            return self.masks
+        raise UserError("a method's masks exist once training has begun")
+
+
 class SparsityDriver:
     """Fixed masks or a method's mask events in a loop sparsetrain does not own (see the module docstring)."""
 

@@ -48,7 +48,7 @@ from transformers import TrainerCallback
 from ..errors import UserError
 from ..sparsity import MaskSet, select_targets
 from ..sparsity.targets import Selector
-from .core import SparsityDriver, check_arguments, default_target_types
+from .core import DriverRecipe, SparsityDriver, default_target_types
 
 HF_PARTITIONS: dict[str, tuple[str, ...]] = {
     "bert": (r"(?:^|\.)encoder\.layer\.(\d+)\.",),
@@ -151,29 +151,18 @@ class SparsityCallback(TrainerCallback):
     def __init__(self, masks: MaskSet | None = None, *, method: str | Mapping[str, Any] | None = None,
                  steps_per_epoch: int | None = None, include: Selector | Sequence[Selector] | None = None,
                  exclude: Selector | Sequence[Selector] | None = None, seed: int = 0, **fields: Any) -> None:
-        check_arguments(masks, method, steps_per_epoch, fields)
-        self._masks = masks
-        self.method = method
-        self.steps_per_epoch = steps_per_epoch
-        self.include = include
-        self.exclude = exclude
-        self.seed = seed
-        self.fields = fields
+        self.recipe = DriverRecipe(masks, method, steps_per_epoch, include, exclude, seed, fields)
         self.driver: SparsityDriver | None = None
         self._model: nn.Module | None = None
 
     @property
     def masks(self) -> MaskSet:
-        if self.driver is None:
-            if self._masks is not None:
-                return self._masks
-            raise UserError("the method's masks exist once training has begun (on_train_begin)")
-        return self.driver.masks
+        return self.recipe.masks_in_force(self.driver)
 
     # ---- building the driver -----------------------------------------------------------------
     def _steps_per_epoch(self, args: Any, state: Any, train_dataloader: Any) -> int:
-        if self.steps_per_epoch is not None:
-            return int(self.steps_per_epoch)
+        if self.recipe.steps_per_epoch is not None:
+            return int(self.recipe.steps_per_epoch)
         accumulation = max(1, int(getattr(args, "gradient_accumulation_steps", 1) or 1))
         try:
             batches = len(train_dataloader) if train_dataloader is not None else None
@@ -188,21 +177,12 @@ class SparsityCallback(TrainerCallback):
                         "give SparsityCallback(steps_per_epoch=...)")
 
     def _build(self, model: nn.Module, args: Any, state: Any, train_dataloader: Any) -> SparsityDriver:
-        if self._masks is not None:
-            return SparsityDriver(model, masks=self._masks)
+        if self.recipe.masks is not None:
+            return self.recipe.build(model)
         spe = self._steps_per_epoch(args, state, train_dataloader)
-        fields = dict(self.fields)
-        method = self.method
-        assert method is not None
-        if isinstance(method, str):
-            from ..methods import method_for
-
-            schema = method_for(method).SCHEMA
-            if "epochs" in schema.model_fields and "epochs" not in fields and state.max_steps and state.max_steps > 0:
-                fields["epochs"] = max(1, math.ceil(state.max_steps / spe))
-        include = self.include if self.include is not None else default_target_types(model)
-        driver = SparsityDriver(model, method=method, steps_per_epoch=spe, include=include,
-                                exclude=self.exclude, seed=self.seed, **fields)
+        epochs = max(1, math.ceil(state.max_steps / spe)) if state.max_steps and state.max_steps > 0 else None
+        driver = self.recipe.build(model, spe, epochs)
+        method = self.recipe.method
         total = driver.scheduler.total_steps if driver.scheduler is not None else 0
         if state.max_steps and 0 < state.max_steps < total:
             warnings.warn(f"the {_kind(method)!r} schedule runs {total} optimizer steps but the Trainer stops after "

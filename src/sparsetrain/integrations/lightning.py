@@ -42,7 +42,7 @@ import torch
 from ..errors import UserError
 from ..sparsity import MaskSet
 from ..sparsity.targets import Selector
-from .core import SparsityDriver, check_arguments
+from .core import DriverRecipe, SparsityDriver
 
 __all__ = ["SparsityCallback"]
 
@@ -60,14 +60,7 @@ class SparsityCallback(pl.Callback):
                  steps_per_epoch: int | None = None, include: Selector | Sequence[Selector] | None = None,
                  exclude: Selector | Sequence[Selector] | None = None, seed: int = 0, **fields: Any) -> None:
         super().__init__()
-        check_arguments(masks, method, steps_per_epoch, fields)
-        self._masks = masks
-        self.method = method
-        self.steps_per_epoch = steps_per_epoch
-        self.include = include
-        self.exclude = exclude
-        self.seed = seed
-        self.fields = fields
+        self.recipe = DriverRecipe(masks, method, steps_per_epoch, include, exclude, seed, fields)
         self.driver: SparsityDriver | None = None
         self._pending: dict | None = None  # state loaded from a checkpoint before the driver exists
         self._before_done: int | None = None  # global_step whose before_step ran
@@ -77,21 +70,11 @@ class SparsityCallback(pl.Callback):
     # ---- the driver --------------------------------------------------------------------------
     @property
     def masks(self) -> MaskSet:
-        if self.driver is not None:
-            return self.driver.masks
-        if self._masks is not None:
-            return self._masks
-        raise UserError("the masks of method=... exist once trainer.fit has started")
+        return self.recipe.masks_in_force(self.driver)
 
     def _build(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps_per_epoch: int | None) -> None:
-        fields = dict(self.fields)
-        if self.method is not None and isinstance(self.method, str) and "epochs" not in fields:
-            if trainer.max_epochs is None or trainer.max_epochs < 1:
-                raise UserError(f"method={self.method!r} needs epochs=... (the trainer has no max_epochs)")
-            fields["epochs"] = trainer.max_epochs
-        self.driver = SparsityDriver(pl_module, masks=self._masks, method=self.method,
-                                     steps_per_epoch=steps_per_epoch, include=self.include,
-                                     exclude=self.exclude, seed=self.seed, **fields)
+        epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 1 else None
+        self.driver = self.recipe.build(pl_module, steps_per_epoch, epochs)
         if self._pending is not None:
             self.driver.load_state_dict(self._pending)
             self._pending = None
@@ -124,8 +107,8 @@ class SparsityCallback(pl.Callback):
     # ---- hooks -------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.driver = None
-        if self._masks is not None or self.steps_per_epoch is not None:
-            self._build(trainer, pl_module, self.steps_per_epoch)
+        if self.recipe.masks is not None or self.recipe.steps_per_epoch is not None:
+            self._build(trainer, pl_module, self.recipe.steps_per_epoch)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.driver is None:
@@ -161,8 +144,8 @@ class SparsityCallback(pl.Callback):
             return {"sparsity": self.driver.state_dict()}
         if self._pending is not None:
             return {"sparsity": self._pending}
-        if self._masks is not None:
-            return {"sparsity": {"masks": self._masks.state_dict()}}
+        if self.recipe.masks is not None:
+            return {"sparsity": {"masks": self.recipe.masks.state_dict()}}
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -3,8 +3,9 @@
 What it is: the two part-segmentation networks of PointNet++ (Qi et al., 2017) as laid out by the
 widely used PyTorch implementation ``yanx27/Pointnet_Pointnet2_pytorch``
 (``models/pointnet2_part_seg_msg.py`` / ``_ssg.py``), the GaP paper's third task. Module names,
-parameter shapes and channel orders are that implementation's, so its checkpoints
-(``torch.load(path)['model_state_dict']``) load with ``strict=True`` and compute the same function:
+parameter shapes and channel orders are that implementation's, so its checkpoints (``{'model_state_dict': ...}``,
+read by ``sparsetrain eval`` through the safe loader, never a plain ``torch.load``) load with ``strict=True`` and
+compute the same function:
 
 * ``sa1``, ``sa2``: set abstraction. SSG: ``mlp_convs.J`` (``Conv2d`` 1x1) and ``mlp_bns.J``
   (``BatchNorm2d``) applied to ``[relative xyz, features]`` of each ball. MSG: one branch per radius,
