@@ -49,3 +49,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def write_config(tmp_path: Path, name: str, config: dict, merge: dict | None = None) -> Path:
+    """``config`` with each top-level section of ``merge`` merged into it (keys replaced), written as
+    ``tmp_path/<name>.yaml``."""
+    import yaml
+
+    config = {**config, **{key: {**config.get(key, {}), **value} for key, value in (merge or {}).items()}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

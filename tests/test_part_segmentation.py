@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import torchrun
+from conftest import torchrun, write_config
 
 from sparsetrain.cli import main
 from sparsetrain.config import load_config
@@ -45,11 +44,7 @@ def _config(tmp_path: Path, cache: Path, name: str, stages: list, merge: dict | 
         "training": {"progress": False, "bn_momentum": {"initial": 0.1, "decay": 0.5, "every": 1, "minimum": 0.01}},
         "stages": stages,
     }
-    for key, value in (merge or {}).items():
-        config[key] = {**config[key], **value}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_config(tmp_path, name, config, merge)
 
 
 def test_shape_iou_counts_parts_absent_from_both_as_one():

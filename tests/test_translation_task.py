@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from sparsetrain.cli import main
 from sparsetrain.config import load_config
@@ -23,7 +22,7 @@ from sparsetrain.runner.train import Preempted, run
 from sparsetrain.sparsity.partitions import ownership, partition_targets
 from sparsetrain.tasks import build_task, get_task
 from sparsetrain.tasks.translation_bleu import corpus_scores, detokenize
-from conftest import torchrun
+from conftest import torchrun, write_config
 
 PAPER = Path(__file__).parents[1] / "src" / "sparsetrain" / "configs" / "paper"
 MATRICES = ['(?:^|\\.)(?:self_attn|encoder_attn)\\.(?:q_proj|k_proj|v_proj|out_proj)\\.weight$',
@@ -50,11 +49,7 @@ def _config(tmp_path: Path, cache: Path, name: str, stages: list, merge: dict | 
         "training": {"label_smoothing": 0.1, "progress": False},
         "stages": stages,
     }
-    for key, value in (merge or {}).items():
-        config[key] = {**config[key], **value}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_config(tmp_path, name, config, merge)
 
 
 SGAP = [{"kind": "sgap", "sparsity": 0.8, "partitions": {"scheme": "transformer_2"}, "epochs_per_step": 1,
