@@ -390,6 +390,7 @@ class _Run:
         segment_start_step = segment.start_epoch * spe
         training = self.config.training
         rank, world = (self.dist.rank, self.dist.world_size) if self.ddp is not None else (0, 1)
+        autocast = autocast_context(training.amp, self.device)  # one context, entered per micro-batch
         if training.bn_momentum is not None:
             set_bn_momentum(self.model, training.bn_momentum, epoch - segment.start_epoch)
         # Every rank runs this loop in step with the others (DDP, or P-GaP workers), so they can agree
@@ -423,7 +424,7 @@ class _Run:
             lr = schedule.lr_at(self.step - segment_start_step if per_iteration else epoch - segment.start_epoch)
             set_lr(self.optimizer, lr)
             finite, loss_value, step_loss, step_count = self.accumulate_gradients(
-                network, micro_batches, global_size, world, span, epoch, read_each_step)
+                network, micro_batches, global_size, world, span, epoch, read_each_step, autocast)
             if self.next_event_step() == self.step:
                 self.apply_due_events(span, after_backward=True)  # e.g. RigL, which needs this step's gradients
             if finite:
@@ -450,7 +451,7 @@ class _Run:
         return float(total) / max(seen, 1), lr
 
     def accumulate_gradients(self, network: nn.Module, micro_batches: list[Any], global_size: int, world: int,
-                             span: StageSpan, epoch: int, read_each_step: bool
+                             span: StageSpan, epoch: int, read_each_step: bool, autocast: Any
                              ) -> tuple[bool, float | None, torch.Tensor, int]:
         """Forward and backward of one step's micro-batches on this rank, gradients accumulated.
 
@@ -468,7 +469,7 @@ class _Run:
             # Only the last micro-batch's backward all-reduces the gradients under DDP.
             sync = contextlib.nullcontext() if index == last or self.ddp is None else self.ddp.no_sync()
             with sync:
-                with autocast_context(self.config.training.amp, self.device):
+                with autocast:
                     loss, count = self.task.loss(network, batch)
                 detached = loss.detach()
                 if read_each_step:
