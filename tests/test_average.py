@@ -42,3 +42,16 @@ def test_new_training_options_leave_earlier_fingerprints_alone():
     assert parse_config(tiny_config(training={"progress": False, "keep_last_models": 3})).fingerprint() == base
     assert parse_config(tiny_config(training={"progress": False, "update_freq": 1})).fingerprint() == base
     assert parse_config(tiny_config(training={"progress": False, "update_freq": 2})).fingerprint() != base
+
+
+def test_counters_get_the_floor_of_their_mean(tmp_path):
+    """BatchNorm's num_batches_tracked differs between epoch models; it averages like fairseq's script."""
+    from sparsetrain.export.average import average_checkpoints
+
+    for name, count, weight in (("a", 10, 1.0), ("b", 13, 2.0)):
+        torch.save({"bn.num_batches_tracked": torch.tensor(count), "bn.weight": torch.full((2,), weight)},
+                   tmp_path / f"{name}.pt")
+    average_checkpoints([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "mean.pt")
+    mean = torch.load(tmp_path / "mean.pt", weights_only=True)
+    assert mean["bn.num_batches_tracked"].dtype == torch.int64 and int(mean["bn.num_batches_tracked"]) == 11
+    assert torch.equal(mean["bn.weight"], torch.full((2,), 1.5))

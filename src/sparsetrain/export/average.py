@@ -4,7 +4,8 @@
 Inputs are read with the safe loader (plain, wrapped or ``module.``-prefixed state dicts, our
 epoch models in ``<run>/models/``, fairseq checkpoints' ``model``); they must hold the same keys
 with the same shapes. Floating-point tensors are averaged in float64 and cast back to their dtype;
-integer tensors (counters) must be equal and are copied. The result is a plain state dict written
+integer tensors (counters such as BatchNorm's ``num_batches_tracked``) get the floor of their mean, as
+fairseq's script does. The result is a plain state dict written
 atomically; an existing output is refused without ``overwrite``.
 
 Sparsity: a weight is zero in the mean exactly when it is zero in every input (up to cancellation,
@@ -46,10 +47,9 @@ def average_checkpoints(inputs: Sequence[str | Path], out: str | Path, overwrite
     zero_everywhere = zero_in_mean = 0
     for key, value in first.items():
         tensors = [state[key] for state in states]
-        if not torch.is_floating_point(value):
-            if any(not torch.equal(t, value) for t in tensors[1:]):
-                raise UserError(f"{key} (a {value.dtype} tensor) differs between the checkpoints; it cannot be averaged")
-            mean[key] = value.clone()
+        if not torch.is_floating_point(value):  # counters (BatchNorm's num_batches_tracked): floor of the mean
+            mean[key] = torch.stack([t.to(torch.int64) for t in tensors]).sum(0).div(len(tensors),
+                                                                                  rounding_mode="floor").to(value.dtype)
             continue
         total = torch.stack([t.double() for t in tensors]).sum(0)
         mean[key] = (total / len(tensors)).to(value.dtype)
