@@ -406,7 +406,7 @@ def test_regex_partitions_need_not_be_contiguous(labels, n_regex):
 def test_scheme_errors(small):
     _, targets = small
     with pytest.raises(SparsityError, match=r"partition scheme 'rows' is unknown; valid: 'layers', 'balanced', "
-                       r"'blocks', 'stages', 'resnet_stages', .*'pointnet2_4', or a list of regexes"):
+                       r"'blocks', 'stages', 'resnet_stages', .*'pointnet2_4', 'ssd_2', 'ssd_3', 'ssd_4', or a list of regexes"):
         partition_targets(targets, "rows", 2)
     with pytest.raises(SparsityError, match=r"partition scheme 5 must be a scheme name or a list of regexes"):
         partition_targets(targets, 5, 2)
@@ -414,7 +414,7 @@ def test_scheme_errors(small):
         partition_targets(targets, b"layers", 2)
     assert set(SCHEMES) == {"layers", "balanced", "blocks", "stages"}
     assert set(PRESETS) == {"resnet_stages", "resnet50_blocks", "transformer_2", "transformer_3", "transformer_3_forward",
-                            "transformer_6", "pointnet2_2", "pointnet2_3", "pointnet2_4"}
+                            "transformer_6", "pointnet2_2", "pointnet2_3", "pointnet2_4", "ssd_2", "ssd_3", "ssd_4"}
 
 
 @pytest.mark.parametrize("kappa", [0, -1, True, 1.5, "2"])

@@ -103,6 +103,24 @@ def test_build_optimizer_maps_every_field():
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.8, 0.9)
 
 
+def test_decay_norm_and_bias_false_spares_biases_and_norms():
+    """NVIDIA's SSD recipe: weight decay on conv/linear weights only; one SGD step from zero gradients shows it."""
+    from sparsetrain.config import OptimizerConfig
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.Flatten(),
+                                torch.nn.Linear(3 * 4 * 4, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = build_optimizer(model, OptimizerConfig(name="sgd", lr=0.5, momentum=0.0, weight_decay=0.1,
+                                                       decay_norm_and_bias=False))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for old, new in zip(before, model.parameters()):
+        expected = old * (1 - 0.5 * 0.1) if old.ndim >= 2 else old
+        assert torch.allclose(new.detach(), expected)
+    assert len(build_optimizer(model, OptimizerConfig(name="sgd", weight_decay=0.1)).param_groups) == 1
+
+
 def test_fp16_on_cpu_is_refused(tmp_path):
     with pytest.raises(ValueError, match="training.amp='fp16' needs a CUDA device"):
         _run(tmp_path, ["training.amp=fp16"])

@@ -115,6 +115,8 @@ class OptimizerConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
+    decay_norm_and_bias: bool = Field(True, description="false: weight_decay only on parameters of 2+ dimensions "
+                                      "(not on biases and normalisation weights), as NVIDIA's SSD recipe")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
 
@@ -248,8 +250,10 @@ class TargetsConfig(_Strict):
 
 class InitConfig(_Strict):
     checkpoint: str | None = Field(None, description="state dict to start from")
+    backbone_checkpoint: str | None = Field(None, description="a backbone's state dict the task maps into its model "
+                                            "(detection: a torchvision-format ResNet-50)")
 
-    @field_validator("checkpoint")
+    @field_validator("checkpoint", "backbone_checkpoint")
     @classmethod
     def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and _checks_files(info) and not Path(value).is_file():
@@ -327,7 +331,7 @@ class RunConfig(_Strict):
 _ADDED_AFTER_0_1 = (("training", "on_nonfinite"), ("training", "max_eval_batches"), ("imports",),
                     ("targets", "dense_first"), ("targets", "dense_last"),
                     ("training", "mixup_alpha"), ("training", "update_freq"), ("training", "bn_momentum"),
-                    ("task", "options"))
+                    ("task", "options"), ("optimizer", "decay_norm_and_bias"), ("init", "backbone_checkpoint"))
 """Trajectory-shaping fields newer than 0.1: hashed only when set away from their default."""
 
 _STAGE_KEYS_ADDED_AFTER_0_1 = ("pattern",)

@@ -13,7 +13,8 @@ exception types and the standard-library-only ``atomic_write``)::
     summary.json        also ``primary``: the task's primary metric (key, mode max|min, labels)
     events.jsonl        one mask event per line (step, epoch, stage, kind, label, sparsity, csv)
     sparsity/*.csv      per-layer table at each mask event: layer,shape,numel,kept,sparsity,target
-    summary.json        {"final": record, "best": record, "model_numel", "target_numel", "sparsity", "wall_time_s"}
+    summary.json        {"final": record, "best": record, "model_numel", "target_numel", "sparsity", "wall_time_s"},
+                        and ``figures``: [{"file", "caption"}] pictures the task wrote (detection's predictions)
 
 Everything but ``config.yaml`` may be missing or empty; the report says what is missing.
 The headline columns show the task's primary metric: ``summary.json``'s ``primary``, else the one
@@ -656,8 +657,18 @@ def render_markdown(record: RunRecord) -> str:
         "## Plots\n\n"
         f"![test {record.primary['log']}, losses and sparsity vs epoch]({METRICS_PLOT_NAME})\n\n"
         f"![final per-layer sparsity]({LAYER_PLOT_NAME})\n"
+        + "".join(f"\n![{caption}]({file})\n" for file, caption in _task_figures(record))
     )
     return "\n".join(parts)
+
+
+def _task_figures(record: RunRecord) -> list[tuple[str, str]]:
+    """``(file, caption)`` of the pictures the task wrote (``summary.json``'s ``figures``) that exist."""
+    figures = (record.summary or {}).get("figures")
+    if not isinstance(figures, list):
+        return []
+    return [(str(f["file"]), str(f.get("caption", f["file"]))) for f in figures
+            if isinstance(f, dict) and "file" in f and (record.run_dir / str(f["file"])).is_file()]
 
 
 # --------------------------------------------------------------------------- plots

@@ -31,7 +31,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
+    """The optimizer of ``config`` over ``model``'s parameters; with ``decay_norm_and_bias: false`` two groups, the
+    parameters of 2+ dimensions (decayed) then the rest (biases, norm weights: ``weight_decay`` 0)."""
+    params: Any = list(model.parameters())
+    if not config.decay_norm_and_bias:
+        params = [{"params": [p for p in params if p.ndim >= 2]},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     if config.name == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                                weight_decay=config.weight_decay)

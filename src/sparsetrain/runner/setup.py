@@ -24,7 +24,7 @@ from ..sparsity.partitions import partition_targets
 from ..sparsity.targets import parameter_count
 from ..tasks import build_task, get_task
 from ..tasks.base import Task
-from .checkpoint import load_model_weights, load_state_into
+from .checkpoint import load_model_weights, load_state_dict_from, load_state_into
 from .components import build_lr_schedule, parse_selectors, seed_everything
 from .preflight import check_run
 from .timeline import Timeline, build_timeline
@@ -76,6 +76,9 @@ def build_setup(config: RunConfig, *, device: torch.device | None = None, read_d
         num_train, spe = task.epoch_size(), task.steps_per_epoch()
     if device is not None:
         model = model.to(device)
+    if load_init and config.init.backbone_checkpoint:
+        path = config.init.backbone_checkpoint
+        get_task(config.task.kind).load_backbone(model, load_state_dict_from(path), path)
     if load_init and config.init.checkpoint:
         load_weights(task, model, config.init.checkpoint)
     targets, kept_dense = config_targets(model, config)

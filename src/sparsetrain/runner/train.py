@@ -643,6 +643,9 @@ class _Run:
                    "train_flops": self.train_flops,
                    "dense_train_flops_per_example": TRAINING_PASSES * sum(self.forward_flops),
                    "primary": self.task.primary()}
+        figures = self.task.write_figures(self.model, self.dir, self.device)
+        if figures:
+            summary["figures"] = figures
         atomic_write(self.dir / "summary.json", json.dumps(summary, indent=2))
         return RunResult(self.dir, self.model, masks, final, best)
 

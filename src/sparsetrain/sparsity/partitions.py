@@ -83,6 +83,7 @@ SCHEMES: tuple[str, ...] = ("layers", "balanced", "blocks", "stages")
 
 _ENC = r"(?:^|\.)encoder\.layers\."
 _DEC = r"(?:^|\.)decoder\.layers\."
+_SSD_BACKBONE = r"(?:^|\.)feature_extractor\.feature_extractor\."
 
 PRESETS: dict[str, tuple[str, ...]] = {
     # ResNet-50 best reading (A) of the reference: one partition per residual stage; the stem
@@ -119,6 +120,13 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "pointnet2_2": (r"^sa\d\.", r"^(fp\d|conv\d)\."),
     "pointnet2_3": (r"^sa[12]\.", r"^(sa3|fp3)\.", r"^(fp[12]|conv\d)\."),
     "pointnet2_4": (r"^sa1\.", r"^sa2\.", r"^(sa3|fp3)\.", r"^(fp[12]|conv\d)\."),
+    # SSD in NVIDIA's layout (feature_extractor.feature_extractor.N = the ResNet stem and stages, then the
+    # additional blocks and the loc/conf heads): by backbone stage, extra feature blocks and heads.
+    "ssd_2": (_SSD_BACKBONE, r"(?:^|\.)(additional_blocks|loc|conf)\."),
+    "ssd_3": (_SSD_BACKBONE, r"(?:^|\.)additional_blocks\.", r"(?:^|\.)(loc|conf)\."),
+    # the backbone's stem + first two stages | its last stage (layer3 in SSD300-R50) | extra blocks | heads
+    "ssd_4": (_SSD_BACKBONE + r"[0-5]\.", _SSD_BACKBONE + r"([6-9]|\d\d+)\.", r"(?:^|\.)additional_blocks\.",
+              r"(?:^|\.)(loc|conf)\."),
 }
 
 _NUMERIC = re.compile(r"[0-9]+")

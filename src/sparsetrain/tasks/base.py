@@ -224,6 +224,12 @@ class Task:
     def eval_loader(self, batch_size: int) -> DataLoader:
         return DataLoader(self.eval_set, batch_size=batch_size, collate_fn=self.collate_fn)
 
+    def write_figures(self, model: nn.Module, run_dir: Path, device: torch.device) -> list[dict[str, str]]:
+        """Pictures of the finished model's predictions for the run report, written into ``run_dir`` (on rank 0,
+        after the last evaluation); returns ``[{"file": name relative to run_dir, "caption": text}]``, recorded
+        in ``summary.json`` under ``figures``. None by default."""
+        return []
+
     # ---- checkpoints -----------------------------------------------------------------------------
     def read_weights(self, path: str | Path) -> dict[str, torch.Tensor] | None:
         """The model state dict in checkpoint file ``path`` with this task's key names, or None: the runner's
@@ -233,6 +239,14 @@ class Task:
         key names (fairseq's Transformer, the GaP fork's) maps them here, never unpickling code.
         """
         return None
+
+    @classmethod
+    def load_backbone(cls, model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+        """Initialise ``model``'s backbone from ``state``, the state dict the runner read (safely) from ``path``
+        (``init.backbone_checkpoint``, loaded before ``init.checkpoint``). Only a task whose models have a
+        pretrainable backbone offers it."""
+        raise UserError(f"init.backbone_checkpoint={str(path)!r}: task {cls.kind!r} has no backbone to initialise; "
+                        "valid: null (the detection task takes a torchvision-format ResNet-50)")
 
     # ---- the primary metric --------------------------------------------------------------------
     @classmethod

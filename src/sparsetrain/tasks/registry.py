@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 _BUILTIN = {"classification": "sparsetrain.tasks.classification",
             "translation": "sparsetrain.tasks.translation",
-            "part_segmentation": "sparsetrain.tasks.part_segmentation"}  # kind -> module that registers it
+            "part_segmentation": "sparsetrain.tasks.part_segmentation",
+            "detection": "sparsetrain.tasks.detection"}  # kind -> module that registers it
 TASKS: dict[str, type[Task]] = {}
 _T = TypeVar("_T")
 
