@@ -176,6 +176,27 @@ def test_augmented_boxes_stay_valid(embedded_root):
             assert set(target["labels"].tolist()) <= set(range(1, len(CLASS_NAMES) + 1))
 
 
+def test_augment_none_is_the_eval_item_and_flip_never_crops(embedded_root):
+    plain = CocoDetection(embedded_root, "train", image_size=64, train=False, seed=0)
+    none = CocoDetection(embedded_root, "train", image_size=64, train=True, seed=0, augment="none")
+    flip = CocoDetection(embedded_root, "train", image_size=64, train=True, seed=0, augment="flip")
+    mirrored = 0
+    for index in range(len(none)):
+        image, target = plain[index]
+        same, same_target = none[(index, 2)]
+        assert torch.equal(same, image) and torch.equal(same_target["boxes"], target["boxes"])
+        _, flipped = flip[(index, 2)]
+        boxes = target["boxes"]
+        mirror = torch.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], 1)
+        assert torch.equal(flipped["labels"], target["labels"])  # no crop: every box kept
+        is_mirror = torch.allclose(flipped["boxes"], mirror, atol=1e-6)
+        assert is_mirror or torch.allclose(flipped["boxes"], boxes, atol=1e-6)
+        mirrored += is_mirror
+    assert 0 < mirrored < len(none)
+    with pytest.raises(UserError, match=r"^augment='crop' is not valid; valid: ssd, flip, none"):
+        CocoDetection(embedded_root, "train", image_size=64, train=True, seed=0, augment="crop")
+
+
 def test_flip_hand_made_case():
     image = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3)
     flipped, boxes = hflip(image, np.array([[0.1, 0.2, 0.3, 0.6], [0.0, 0.0, 1.0, 1.0]]))
@@ -232,6 +253,15 @@ def test_color_jitter_range_and_identity():
     np.testing.assert_allclose(same, image / 255.0, rtol=0, atol=1e-6)
     assert torch.equal(normalize(image), torch.from_numpy(((image / np.float32(255) - MEAN) / STD)
                                                           .astype(np.float32).transpose(2, 0, 1).copy()))
+
+
+def test_hue_rotation_turns_primaries_into_each_other():
+    """A third of a turn: red -> green -> blue -> red (PIL's 8-bit HSV: within 4 grey levels)."""
+    from sparsetrain.data.detection_transforms import _shift_hue
+
+    primaries = np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]], dtype=np.float32)
+    np.testing.assert_allclose(_shift_hue(primaries, 1 / 3), primaries[:, [1, 2, 0]], atol=4 / 255)
+    assert _shift_hue(primaries, 0.0) is primaries
 
 
 # ----------------------------------------------------------------------------- embedded dataset

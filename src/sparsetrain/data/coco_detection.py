@@ -57,7 +57,7 @@ from torch.utils.data import Dataset
 
 from ..atomic import atomic_write
 from ..errors import UserError, UserOSError, os_error_message
-from .detection_transforms import ssd_eval_transform, ssd_train_transform
+from .detection_transforms import AUGMENTATIONS, ssd_eval_transform, ssd_train_transform
 
 __all__ = ["SPLITS", "CocoDetection", "annotation_path", "collate", "image_dir", "write_coco"]
 
@@ -90,7 +90,8 @@ class CocoDetection(Dataset):
     """COCO-format detection split: item -> ``(image, target)``.
 
     * ``image``: float32 ``(3, image_size, image_size)``, ImageNet-normalised; for ``train=True``
-      after SSD's crop/flip/colour jitter, else resized (bilinear, aspect not kept) only;
+      after ``augment`` (SSD's crop/flip/colour jitter; see ``detection_transforms.AUGMENTATIONS``),
+      else resized (bilinear, aspect not kept) only;
     * ``target``: ``{"boxes": float32 (n, 4) ltrb relative to the transformed image, in [0, 1],
       "labels": int64 (n,) in 1..C, "image_id": int (COCO id), "orig_size": (height, width) ints}``.
 
@@ -104,13 +105,16 @@ class CocoDetection(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike[str], split: str, *, image_size: int, train: bool, seed: int,
-                 include_crowd: bool = True) -> None:
+                 include_crowd: bool = True, augment: str = "ssd") -> None:
         self.split = _check_split(split)
         self.image_size = _check_int("image_size", image_size, 8)
         self.seed = _check_int("seed", seed, 0)
         if seed >= 2**63:
             raise UserError(f"seed {seed!r} is not valid; expected an integer in [0, 2**63)")
         self.train = bool(train)
+        if augment not in AUGMENTATIONS:
+            raise UserError(f"augment={augment!r} is not valid; valid: {', '.join(AUGMENTATIONS)}")
+        self.augment = augment
         self.include_crowd = bool(include_crowd)
         self.epoch = 0
         self.root = Path(root)
@@ -227,7 +231,7 @@ class CocoDetection(Dataset):
         _, height, width, boxes, labels = self._records[index]
         if self.train:
             rng = np.random.default_rng([self.seed, index, epoch])
-            tensor, boxes, labels = ssd_train_transform(image, boxes, labels, self.image_size, rng)
+            tensor, boxes, labels = ssd_train_transform(image, boxes, labels, self.image_size, rng, self.augment)
         else:
             tensor = ssd_eval_transform(image, self.image_size)
         target = {"boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -58,12 +58,14 @@ class DetectionDataOptions(StrictModel):
     """``task.dataset.options`` of the detection task."""
 
     root: str | None = Field(None, description="coco2017: the directory holding annotations/, train2017/, val2017/")
-    train_split: str = Field("train", description="annotations/instances_<split>2017.json used for training")
-    eval_split: str = Field("val", description="the split evaluated")
-    augment: bool = Field(True, description="training: SSD's random crop, flip and colour jitter")
+    train_split: Literal["train", "val"] = Field("train", description="annotations/instances_<split>2017.json "
+                                                 "trained on (with SSD's augmentation; images without boxes skipped)")
+    eval_split: Literal["train", "val"] = Field("val", description="the split evaluated (every image)")
+    augment: Literal["ssd", "flip", "none"] = Field("ssd", description="training augmentation: ssd = IoU-constrained "
+                                                    "crop + flip + colour jitter (the reference), flip = no crop")
     cache: str | None = Field(None, description="embedded_shapes: where it is written (default: $SPARSETRAIN_CACHE "
                               "or ~/.cache/sparsetrain)")
-    n_train: int = Field(800, ge=1, description="embedded_shapes: training images")
+    n_train: int = Field(600, ge=1, description="embedded_shapes: training images")
     n_val: int = Field(200, ge=1, description="embedded_shapes: evaluation images")
     plan: DetectionPlanFacts | None = Field(None, description="sizes `plan` uses when the data is not on this machine")
 
@@ -116,8 +118,9 @@ class DetectionTask(Task):
         data = parse_options(DetectionDataOptions, config.task.dataset.options, "task.dataset.options")
         options = parse_options(DetectionOptions, config.task.options, "task.options")
         size = _model_on_meta(config, COCO_CLASSES + 1).image_size
-        root = _data_root(config.task.dataset.name, data)
-        train = CocoDetection(root, data.train_split, image_size=size, train=data.augment, seed=config.seed)
+        root = _data_root(config.task.dataset.name, data, size)
+        train = CocoDetection(root, data.train_split, image_size=size, train=True, seed=config.seed,
+                              augment=data.augment)
         test = CocoDetection(root, data.eval_split, image_size=size, train=False, seed=config.seed)
         if train.label_to_category_id != test.label_to_category_id:
             raise UserError(f"{root}: the {data.train_split!r} and {data.eval_split!r} annotations list different "
@@ -229,6 +232,7 @@ class DetectionTask(Task):
         count = min(self.options.figure_images, len(self.eval_set))
         if count == 0:
             return []
+        from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
         from .detection_figure import draw_predictions
 
         coder = self.coder(model, device)
@@ -243,8 +247,9 @@ class DetectionTask(Task):
         finally:
             model.train(was_training)
         name = "predictions.png"
-        draw_predictions(run_dir / name, images.cpu(), [t for _, t in items], detections,
-                         self.eval_set.category_names, min_score=0.3)
+        draw_predictions(run_dir / name, images.cpu(), [t for _, t in items],
+                         [tuple(t.cpu() for t in d) for d in detections], self.eval_set.category_names,
+                         min_score=0.3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         return [{"file": name, "caption": f"detections (score >= 0.3, coloured) and ground truth (white, dashed) on "
                                           f"the first {count} test images"}]
 
@@ -261,13 +266,14 @@ def _model_on_meta(config: RunConfig, num_classes: int) -> nn.Module:
         return _model(config, num_classes)
 
 
-def _data_root(name: str, data: DetectionDataOptions) -> Path:
-    """The dataset's directory; the embedded one is fixed (generator seed 0) whatever the run's seed."""
+def _data_root(name: str, data: DetectionDataOptions, image_size: int) -> Path:
+    """The dataset's directory; the embedded one is fixed (generator seed 0) whatever the run's seed, drawn at the
+    model's input side ``image_size``."""
     if name == "embedded_shapes":
         from ..data.embedded_detection import embedded_detection_dataset
 
         cache = data.cache or os.environ.get("SPARSETRAIN_CACHE") or str(Path.home() / ".cache" / "sparsetrain")
-        return embedded_detection_dataset(Path(cache), n_train=data.n_train, n_val=data.n_val)
+        return embedded_detection_dataset(Path(cache), n_train=data.n_train, n_val=data.n_val, image_size=image_size)
     if data.root is None:
         raise UserError("task.dataset.name='coco2017' reads a directory: set task.dataset.options.root (holding "
                         "annotations/instances_train2017.json, train2017/, val2017/)")
