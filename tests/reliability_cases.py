@@ -436,6 +436,8 @@ def _imagenet_args(rel: str = "imagenet", *extra: str) -> tuple[str, ...]:
 RUN = ("run", "{cfg}")
 PART_SEG = ("task.kind=part_segmentation", "task.dataset.name=embedded_parts",
             "task.model.name=pointnet2_part_seg_tiny")
+DETECTION = ("task.kind=detection", "task.dataset.name=embedded_shapes", "task.model.name=ssd_tiny",
+             "optimizer.name=adam")
 TRANSLATION = ("task.kind=translation", "task.dataset.name=embedded_en_de", "task.model.name=transformer_tiny")
 PLAN = ("plan", "{cfg}")
 EVAL = ("eval",)
@@ -1192,6 +1194,26 @@ CASES: list[Case] = [
        r"equal to 32"),
     _c("part-seg-not-pointnet", "config", "part segmentation with an MLP", (*RUN, *PART_SEG[:-1],
        "task.model.name=mlp"), r"task.model.name='mlp' is not a PointNet\+\+ part-segmentation model"),
+    _c("detection-coco-without-root", "config", "COCO without its directory", (*RUN, *DETECTION,
+       "task.dataset.name=coco2017"), r"task.dataset.name='coco2017' reads a directory: set task.dataset.options.root"),
+    _c("detection-missing-coco-root", "data", "COCO directory that does not exist", (*RUN, *DETECTION,
+       "task.dataset.name=coco2017", "task.dataset.options.root={tmp}/coco"),
+       r"task.dataset.options: data root .*coco' does not exist"),
+    _c("detection-no-annotations", "data", "COCO directory without its annotation file", (*RUN, *DETECTION,
+       "task.dataset.name=coco2017", "task.dataset.options.root={tmp}/coco"),
+       r"missing COCO annotations file '.*coco/annotations/instances_train2017.json'", setup=write("coco/x", "")),
+    _c("detection-bad-nms", "config", "an NMS threshold of 0", (*RUN, *DETECTION, "task.options.nms_iou=0"),
+       r"task.options.nms_iou=0: Input should be greater than 0"),
+    _c("detection-bad-augment", "config", "an unknown augmentation", (*RUN, *DETECTION,
+       "task.dataset.options.augment=mosaic"), r"task.dataset.options.augment='mosaic': Input should be 'ssd', "
+       r"'flip' or 'none'"),
+    _c("detection-not-ssd", "config", "detection with an MLP", (*RUN, *DETECTION[:2], "task.model.name=mlp"),
+       r"task.model.name='mlp' is not a SSD model; valid: ssd300_resnet50, ssd_small, ssd_tiny"),
+    _c("detection-bad-model-option", "config", "an SSD option the model does not have", (*RUN, *DETECTION,
+       "task.model.options.depth=3"), r"model 'ssd_tiny' has no option 'depth'"),
+    _c("backbone-for-classification", "config", "a backbone checkpoint for a task without a backbone",
+       (*RUN, "init.backbone_checkpoint={tmp}/r50.pt"), r"init.backbone_checkpoint='.*r50.pt': task 'classification' "
+       r"has no backbone to initialise", setup=torch_file("r50.pt", lambda t: _mlp_state())),
     _c("average-one-file", "cli", "average with one checkpoint", ("average", "{tmp}/a.pt", "--out", "{tmp}/avg.pt"),
        r"average needs at least 2 checkpoints, got 1", setup=torch_file("a.pt", lambda t: _mlp_state()),
        after=absent("avg.pt")),

@@ -86,11 +86,12 @@ def test_demo_task_toy_regression_through_the_command_line(tmp_path, monkeypatch
 
 
 def test_demo_task_all_runs_every_task_with_a_demo(tmp_path, monkeypatch, capsys):
+    from sparsetrain.tasks.detection import DetectionTask
     from sparsetrain.tasks.part_segmentation import PartSegmentationTask
     from sparsetrain.tasks.translation import TranslationTask
 
     monkeypatch.setattr(ClassificationTask, "DEMO", str(_classification_demo(tmp_path)))
-    for long_demo in (TranslationTask, PartSegmentationTask):  # minutes each; their own tests check their configs
+    for long_demo in (TranslationTask, PartSegmentationTask, DetectionTask):  # minutes each; their own tests check their configs
         monkeypatch.setattr(long_demo, "DEMO", None)
     monkeypatch.setattr(ToyRegressionTask, "DEMO", str(_toy_demo(tmp_path)))
     out = tmp_path / "out"
@@ -116,9 +117,9 @@ def test_demo_task_errors_are_one_line(tmp_path, capsys):
     out = tmp_path / "out"
     cases = [
         (["--task", "speech"], ("error: --task 'speech' is not a registered task; valid: classification, "
-                                "part_segmentation, translation, all (a task of your own: --import its module)")),
+                                "detection, part_segmentation, translation, all (a task of your own: --import its module)")),
         (["--task", "toy_regression"], ("error: --task 'toy_regression' declares no demo (Task.DEMO); valid: "
-                                        "classification, part_segmentation, translation, all, or give --configs DIR")),
+                                        "classification, detection, part_segmentation, translation, all, or give --configs DIR")),
         (["--task", "all", "--configs", str(tmp_path)], ("error: --configs runs one task's configs; give --task "
                                                          "KIND with it, not --task all")),
         (["--import", "no_such_module_xyz"], ("error: imports: cannot import module 'no_such_module_xyz' "

@@ -278,3 +278,17 @@ def test_build_ssd_errors():
     tiny = build_ssd("ssd_tiny", num_classes=3)
     with pytest.raises(UserError, match=r"^images must have shape \(B, 3, 64, 64\); got \(1, 3, 32, 32\)$"):
         tiny(torch.zeros(1, 3, 32, 32))
+
+
+def test_ssd_small_stride_4_has_a_finer_first_map_and_the_same_names():
+    """stride=4 replaces the stem's max-pool by an identity: the same parameter names (presets still apply), the first
+    map 4x finer, one more additional block to reach 1x1."""
+    coarse = build_ssd("ssd_small", num_classes=7, image_size=64, width=4)
+    fine = build_ssd("ssd_small", num_classes=7, image_size=64, width=4, stride=4)
+    assert coarse.feature_sizes == (8, 4, 2, 1) and fine.feature_sizes == (16, 8, 4, 2, 1)
+    backbone = [k for k in fine.state_dict() if k.startswith("feature_extractor.")]
+    assert backbone == [k for k in coarse.state_dict() if k.startswith("feature_extractor.")]
+    offsets, logits = fine(torch.zeros(2, 3, 64, 64))
+    assert offsets.shape == (2, 4, fine.default_boxes().shape[0]) and logits.shape[1] == 7
+    with pytest.raises(UserError, match=r"^ssd_small stride=2 is not valid; valid: 4 .* or 8"):
+        build_ssd("ssd_small", num_classes=7, stride=2)

@@ -275,14 +275,15 @@ def _check_size(size: int) -> int:
 
 
 AUGMENTATIONS = ("ssd", "flip", "none")
-"""Training augmentations: ``ssd`` (IoU-constrained crop, flip, colour jitter: the reference's), ``flip`` (flip and
-colour jitter, no crop: for short schedules, where the crop's zoomed views slow learning), ``none`` (resize only)."""
+"""Training augmentations: ``ssd`` (IoU-constrained crop, flip, colour jitter: the reference's), ``flip`` (horizontal
+flip only: for short schedules, where the crop's zoomed views slow learning, and data whose colours already say
+nothing, as the embedded shapes'), ``none`` (resize only)."""
 
 
 def ssd_train_transform(image: Image.Image | np.ndarray, boxes: np.ndarray, labels: np.ndarray, size: int,
                         rng: np.random.Generator, augment: str = "ssd") -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Crop -> flip -> resize -> colour jitter -> normalise (``augment="ssd"``; ``"flip"`` skips the crop,
-    ``"none"`` is :func:`ssd_eval_transform`); returns ``(image float32 (3, size, size), boxes float32 (m, 4)
+    """Crop -> flip -> resize -> colour jitter -> normalise (``augment="ssd"``; ``"flip"`` skips the crop and the
+    jitter, ``"none"`` is :func:`ssd_eval_transform`); returns ``(image float32 (3, size, size), boxes float32 (m, 4)
     relative ltrb in [0, 1], labels (m,))``. Deterministic given ``rng``'s state."""
     size = _check_size(size)
     if augment not in AUGMENTATIONS:
@@ -295,8 +296,9 @@ def ssd_train_transform(image: Image.Image | np.ndarray, boxes: np.ndarray, labe
         array, boxes = _as_image_array(image), _as_boxes(boxes)
     array, boxes = random_hflip(array, boxes, rng)
     array = resize(array, size)
-    jittered = color_jitter(array, rng)
-    return normalize(jittered), np.clip(boxes, 0.0, 1.0).astype(np.float32), labels
+    if augment == "ssd":
+        array = color_jitter(array, rng)
+    return normalize(array), np.clip(boxes, 0.0, 1.0).astype(np.float32), labels
 
 
 def ssd_eval_transform(image: Image.Image | np.ndarray, size: int) -> torch.Tensor:

@@ -322,9 +322,10 @@ def ssd300_resnet50(num_classes: int = 81) -> SSD:
     )
 
 
-def _small_backbone(width: int) -> SSDFeatureExtractor:
+def _small_backbone(width: int, stride: int = 8) -> SSDFeatureExtractor:
     """conv1 (3x3, stride 2) -> bn1 -> relu -> maxpool (3x3, stride 2) -> layer1..3 (one
-    BasicBlock each, ``width``, ``2*width`` (stride 2), ``4*width`` (stride 1)); output /8."""
+    BasicBlock each, ``width``, ``2*width`` (stride 2), ``4*width`` (stride 1)); output /8. ``stride=4``:
+    the max-pool is an identity (index 3 kept, so names and partition presets do not change); output /4."""
     w = width
     conv1 = nn.Conv2d(3, w, kernel_size=3, stride=2, padding=1, bias=False)
 
@@ -335,16 +336,17 @@ def _small_backbone(width: int) -> SSDFeatureExtractor:
         return nn.Sequential(BasicBlock(c_in, c_out, stride, down))
 
     layers = nn.Sequential(
-        conv1, nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        conv1, nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stride == 8 else nn.Identity(),
         stage(w, w, 1), stage(w, 2 * w, 2), stage(2 * w, 4 * w, 1),
     )
     for m in layers.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    return SSDFeatureExtractor(layers, 4 * w, [(3, 2, 1), (3, 2, 1), (3, 2, 1)])
+    return SSDFeatureExtractor(layers, 4 * w, [(3, 2, 1)] * (3 if stride == 8 else 2))
 
 
-def ssd_small(num_classes: int = 81, image_size: int = 128, width: int = 16) -> SSD:
+def ssd_small(num_classes: int = 81, image_size: int = 128, width: int = 16, stride: int = 8) -> SSD:
     """Small SSD for CPU demos: :func:`_small_backbone` (``4*width`` channels at ``image_size/8``),
     then stride-2 padding-1 additional blocks until the map is 1x1.
 
@@ -353,11 +355,16 @@ def ssd_small(num_classes: int = 81, image_size: int = 128, width: int = 16) -> 
     intermediate width. At 128x128: maps 16, 8, 4, 2, 1, boxes 4, 6, 6, 4, 4 per location, D = 1,524;
     steps ``image_size / f_k``; scales :func:`nvidia_scales`. Width 16 at 128x128: 680,680
     parameters at 81 classes (132,736 at 2), about 6 ms (81 classes) / 3.3 ms (2 classes) forward
-    plus backward per image on one CPU thread at batch 32.
+    plus backward per image on one CPU thread at batch 32. ``stride=4`` drops the stem's max-pool: the first
+    map is ``image_size/4`` (an extra additional block follows), so objects of a tenth of the image side get
+    several default boxes of IoU > 0.5 instead of one forced match.
     """
     _check_int("width", width, 2)
     _check_int("image_size", image_size, 16, 2048)
-    backbone = _small_backbone(width)
+    if stride not in (4, 8):
+        raise UserError(f"ssd_small stride={stride!r} is not valid; valid: 4 (finer first map, 4x the default boxes "
+                        "there) or 8")
+    backbone = _small_backbone(width, stride)
     size = backbone.output_size(image_size)
     blocks = []
     while size > 1:

@@ -62,7 +62,7 @@ class DetectionDataOptions(StrictModel):
                                                  "trained on (with SSD's augmentation; images without boxes skipped)")
     eval_split: Literal["train", "val"] = Field("val", description="the split evaluated (every image)")
     augment: Literal["ssd", "flip", "none"] = Field("ssd", description="training augmentation: ssd = IoU-constrained "
-                                                    "crop + flip + colour jitter (the reference), flip = no crop")
+                                                    "crop + flip + colour jitter (the reference), flip = horizontal flip only")
     cache: str | None = Field(None, description="embedded_shapes: where it is written (default: $SPARSETRAIN_CACHE "
                               "or ~/.cache/sparsetrain)")
     n_train: int = Field(600, ge=1, description="embedded_shapes: training images")
