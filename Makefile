@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/inference.py --quick
 	$(BIN)/python bench/translation.py --quick
 	$(BIN)/python bench/point_ops.py --quick
+	$(BIN)/python bench/detection.py --quick
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

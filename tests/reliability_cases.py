@@ -436,7 +436,7 @@ def _imagenet_args(rel: str = "imagenet", *extra: str) -> tuple[str, ...]:
 RUN = ("run", "{cfg}")
 PART_SEG = ("task.kind=part_segmentation", "task.dataset.name=embedded_parts",
             "task.model.name=pointnet2_part_seg_tiny")
-DETECTION = ("task.kind=detection", "task.dataset.name=embedded_shapes", "task.model.name=ssd_tiny",
+DETECTION = ("task.kind=detection", "task.dataset.name=embedded_shapes", "task.model.options={}", "task.model.name=ssd_tiny",
              "optimizer.name=adam")
 TRANSLATION = ("task.kind=translation", "task.dataset.name=embedded_en_de", "task.model.name=transformer_tiny")
 PLAN = ("plan", "{cfg}")
@@ -1207,7 +1207,7 @@ CASES: list[Case] = [
     _c("detection-bad-augment", "config", "an unknown augmentation", (*RUN, *DETECTION,
        "task.dataset.options.augment=mosaic"), r"task.dataset.options.augment='mosaic': Input should be 'ssd', "
        r"'flip' or 'none'"),
-    _c("detection-not-ssd", "config", "detection with an MLP", (*RUN, *DETECTION[:2], "task.model.name=mlp"),
+    _c("detection-not-ssd", "config", "detection with an MLP", (*RUN, *DETECTION[:3], "task.model.name=mlp"),
        r"task.model.name='mlp' is not a SSD model; valid: ssd300_resnet50, ssd_small, ssd_tiny"),
     _c("detection-bad-model-option", "config", "an SSD option the model does not have", (*RUN, *DETECTION,
        "task.model.options.depth=3"), r"model 'ssd_tiny' has no option 'depth'"),

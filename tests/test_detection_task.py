@@ -15,6 +15,7 @@ from conftest import torchrun, write_config
 from sparsetrain.cli import main
 from sparsetrain.config import load_config
 from sparsetrain.errors import UserError
+from sparsetrain.reports.run_report import write_report
 from sparsetrain.runner.setup import build_setup
 from sparsetrain.runner.train import Preempted, run
 from sparsetrain.tasks import build_task, get_task
@@ -86,7 +87,7 @@ def test_a_run_trains_evaluates_reports_and_resumes_bit_identically(tmp_path, ca
     for target, mask in zip(whole.masks.targets, whole.masks.masks):
         assert not bool(target.param.detach()[~mask].any()), target.name  # pruned weights are exactly zero
     assert whole.masks.sparsity() == pytest.approx(0.8, abs=1e-3)
-    report = (tmp_path / "whole" / "report.md").read_text()
+    report = write_report(tmp_path / "whole").read_text()
     assert "(predictions.png)" in report and (tmp_path / "whole" / "predictions.png").stat().st_size > 1000
     task_class = get_task("detection")
     original, calls = task_class.loss, []
@@ -132,7 +133,8 @@ def test_an_nvidia_layout_checkpoint_loads_strictly_and_evaluates(tmp_path, cach
                    merge={"task": {"model": {"name": "ssd300_resnet50"},
                                    "dataset": {"name": "embedded_shapes",
                                                "options": {"cache": str(cache), "n_train": 2, "n_val": 2}},
-                                   "options": {"figure_images": 0}}})
+                                   "options": {"figure_images": 0}},
+                          "lr_schedule": {"kind": "constant", "milestones": [], "warmup": 0}})
     setup = build_setup(load_config(path))
     state = setup.model.state_dict()
     assert "feature_extractor.feature_extractor.6.0.conv1.weight" in state and "conf.5.weight" in state

@@ -265,7 +265,7 @@ def test_build_ssd_errors():
     assert list(SSD_MODELS) == ["ssd300_resnet50", "ssd_small", "ssd_tiny"]
     with pytest.raises(UserError, match=r"^unknown SSD model 'ssd512' \(models: ssd300_resnet50, ssd_small, ssd_tiny\)$"):
         build_ssd("ssd512")
-    with pytest.raises(UserError, match=r"^model 'ssd_small' has no option 'depth' \(options: image_size, width\)$"):
+    with pytest.raises(UserError, match=r"^model 'ssd_small' has no option 'depth' \(options: image_size, width, stride\)$"):
         build_ssd("ssd_small", depth=3)
     with pytest.raises(UserError, match=r"^model 'ssd300_resnet50' has no option 'width' \(options: none\)$"):
         build_ssd("ssd300_resnet50", width=3)

@@ -80,6 +80,7 @@ class DetectionOptions(StrictModel):
     nms_iou: float = Field(0.5, gt=0.0, le=1.0, description="NMS suppresses a box above this IoU with a better one")
     max_detections: int = Field(200, ge=1, description="detections kept per image (best scores)")
     figure_images: int = Field(6, ge=0, le=24, description="test images drawn with their predictions in the report")
+    figure_min_score: float = Field(0.3, ge=0.0, le=1.0, description="the least score of a detection drawn there")
 
 
 @register_task("detection")
@@ -227,8 +228,8 @@ class DetectionTask(Task):
     # ---- the run report's picture ---------------------------------------------------------------
     def write_figures(self, model: nn.Module, run_dir: Path, device: torch.device) -> list[dict[str, str]]:
         """``predictions.png``: the first ``task.options.figure_images`` test images with the model's detections
-        scoring at least 0.3 (coloured by class, labelled with class and score) and the ground truth (white,
-        dashed)."""
+        scoring at least ``task.options.figure_min_score`` (coloured by class, labelled with class and score) and the
+        ground truth (white, dashed)."""
         count = min(self.options.figure_images, len(self.eval_set))
         if count == 0:
             return []
@@ -249,9 +250,9 @@ class DetectionTask(Task):
         name = "predictions.png"
         draw_predictions(run_dir / name, images.cpu(), [t for _, t in items],
                          [tuple(t.cpu() for t in d) for d in detections], self.eval_set.category_names,
-                         min_score=0.3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-        return [{"file": name, "caption": f"detections (score >= 0.3, coloured) and ground truth (white, dashed) on "
-                                          f"the first {count} test images"}]
+                         min_score=self.options.figure_min_score, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return [{"file": name, "caption": f"detections (score >= {self.options.figure_min_score}, coloured) and ground "
+                                          f"truth (white, dashed) on the first {count} test images"}]
 
 
 def _model(config: RunConfig, num_classes: int) -> nn.Module:
