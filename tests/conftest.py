@@ -1,4 +1,5 @@
-"""Shared test helpers: a reference selector, a torchrun launcher and a one-thread fixture."""
+"""Shared test helpers: a reference selector, a torchrun launcher, a one-thread fixture, config writing, and the
+checks every task runs (pruned weights zero, SIGTERM + resume bit-identical, torchrun equal to one process)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,50 @@ def write_config(tmp_path: Path, name: str, config: dict, merge: dict | None = N
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def assert_pruned_weights_zero(masks) -> None:
+    """Every weight a MaskSet prunes is exactly zero."""
+    for target, mask in zip(masks.targets, masks.masks):
+        assert not bool(target.param.detach()[~mask].any()), target.name
+
+
+def assert_sigterm_resume_equals(whole, config, task_class, stop_at_call: int, monkeypatch):
+    """Run ``config`` with a SIGTERM raised inside the ``stop_at_call``-th call of ``task_class.loss``, resume it, and
+    check the resumed model equals ``whole`` (the uninterrupted run's result) bit for bit; returns the resumed result."""
+    import signal
+
+    from sparsetrain.runner.train import Preempted, run
+
+    original, calls = task_class.loss, []
+
+    def loss(self, model, batch):
+        calls.append(1)
+        if len(calls) == stop_at_call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(task_class, "loss", loss)
+    with pytest.raises(Preempted):
+        run(config, log=lambda line: None)
+    monkeypatch.setattr(task_class, "loss", original)
+    resumed = run(config, resume=True, log=lambda line: None)
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    return resumed
+
+
+def assert_torchrun_equals_single(single_config: Path, multi_config: Path, multi_dir: Path, nproc: int = 2) -> None:
+    """The final model of ``multi_config`` under torchrun (``nproc`` gloo processes, written to ``multi_dir``) equals
+    the single-process run of ``single_config`` bit for bit."""
+    from sparsetrain.config import load_config
+    from sparsetrain.runner.train import run
+
+    single = run(load_config(single_config), log=lambda line: None)
+    out = torchrun(multi_config, nproc)
+    assert out.returncode == 0, out.stderr[-3000:]
+    theirs = torch.load(multi_dir / "model_final.pt", weights_only=True)
+    ours = single.model.state_dict()
+    assert theirs.keys() == ours.keys()
+    for key, value in ours.items():
+        assert torch.equal(theirs[key], value), key

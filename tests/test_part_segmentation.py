@@ -4,19 +4,18 @@ cases, predictions restricted to the category's parts, voting, run/eval, resume,
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import torchrun, write_config
+from conftest import (assert_pruned_weights_zero, assert_sigterm_resume_equals,
+                      assert_torchrun_equals_single, write_config)
 
 from sparsetrain.cli import main
 from sparsetrain.config import load_config
 from sparsetrain.data.shapenet_part import CATEGORIES, SEG_CLASSES
 from sparsetrain.errors import UserError
-from sparsetrain.runner.train import Preempted, run
+from sparsetrain.runner.train import run
 from sparsetrain.sparsity.partitions import partition_targets
 from sparsetrain.sparsity.targets import select_targets
 from sparsetrain.tasks import build_task, get_task
@@ -107,26 +106,11 @@ def test_a_run_trains_evaluates_and_resumes_bit_identically(tmp_path, cache, mon
     final = whole.final
     assert 0 <= final["test/instance_miou"] <= 100 and 0 <= final["test/class_miou"] <= 100
     assert any(key.startswith("test/iou_") for key in final)
-    for target, mask in zip(whole.masks.targets, whole.masks.masks):
-        assert not bool(target.param.detach()[~mask].any()), target.name  # pruned weights are exactly zero
+    assert_pruned_weights_zero(whole.masks)
     assert whole.masks.sparsity() == pytest.approx(0.8, abs=1e-3)
-    task_class = get_task("part_segmentation")
-    original, calls = task_class.loss, []
-
-    def loss(self, model, batch):
-        calls.append(1)
-        if len(calls) == 7:  # the second GaP step (4 steps per epoch), mid-epoch
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, model, batch)
-
-    monkeypatch.setattr(task_class, "loss", loss)
     stopped = load_config(_config(tmp_path, cache, "stopped", stages, merge))
-    with pytest.raises(Preempted):
-        run(stopped, log=lambda line: None)
-    monkeypatch.setattr(task_class, "loss", original)
-    resumed = run(stopped, resume=True, log=lambda line: None)
-    for key, value in whole.model.state_dict().items():
-        assert torch.equal(resumed.model.state_dict()[key], value), key
+    # stopped in the second GaP step (4 steps per epoch), mid-epoch
+    assert_sigterm_resume_equals(whole, stopped, get_task("part_segmentation"), 7, monkeypatch)
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "whole" / "model_final.pt"), "--config", str(tmp_path / "whole.yaml")]) == 0
     assert f"instance mIoU {final['test/instance_miou']:.2f}%" in capsys.readouterr().out
@@ -139,14 +123,8 @@ def test_pgap_under_two_gloo_processes_equals_the_one_process_run(tmp_path, cach
     BatchNorm model cannot equal one process on the CPU: each rank normalises its own shard (no SyncBatchNorm)."""
     stages = [{"kind": "pgap", "sparsity": 0.8, "partitions": {"scheme": "pointnet2_2"}, "epochs_per_step": 1,
                "rounds": 1, "finetune_epochs": 1}]
-    single = run(load_config(_config(tmp_path, cache, "single", stages)), log=lambda line: None)
-    out = torchrun(_config(tmp_path, cache, "multi", stages))
-    assert out.returncode == 0, out.stderr[-3000:]
-    theirs = torch.load(tmp_path / "multi" / "model_final.pt", weights_only=True)
-    ours = single.model.state_dict()
-    assert theirs.keys() == ours.keys()
-    for key, value in ours.items():
-        assert torch.equal(theirs[key], value), key
+    assert_torchrun_equals_single(_config(tmp_path, cache, "single", stages), _config(tmp_path, cache, "multi", stages),
+                                  tmp_path / "multi")
 
 
 def test_votes_average_log_probabilities_over_seeded_point_permutations(tmp_path, cache):

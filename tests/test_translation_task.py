@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
 from pathlib import Path
 
 import pytest
@@ -18,11 +16,11 @@ from sparsetrain.cli import main
 from sparsetrain.config import load_config
 from sparsetrain.errors import UserError
 from sparsetrain.runner.setup import config_targets
-from sparsetrain.runner.train import Preempted, run
+from sparsetrain.runner.train import run
 from sparsetrain.sparsity.partitions import ownership, partition_targets
 from sparsetrain.tasks import build_task, get_task
 from sparsetrain.tasks.translation_bleu import corpus_scores, detokenize
-from conftest import torchrun, write_config
+from conftest import assert_sigterm_resume_equals, torchrun, write_config
 
 PAPER = Path(__file__).parents[1] / "src" / "sparsetrain" / "configs" / "paper"
 MATRICES = ['(?:^|\\.)(?:self_attn|encoder_attn)\\.(?:q_proj|k_proj|v_proj|out_proj)\\.weight$',
@@ -122,24 +120,10 @@ def test_a_gap_fork_checkpoint_evaluates_like_the_model_it_holds(tmp_path, cache
 def test_resume_in_the_middle_of_a_gap_step_is_bit_identical(tmp_path, cache, monkeypatch):
     extra = {"merge": {"training": {"progress": False, "checkpoint_every_steps": 3, "eval_every": 9}}}
     whole = run(load_config(_config(tmp_path, cache, "whole", SGAP, **extra)), log=lambda line: None)
-    task_class = get_task("translation")
-    original, calls = task_class.loss, []
     spe = build_task(load_config(_config(tmp_path, cache, "probe", SGAP))).steps_per_epoch()
-
-    def loss(self, model, batch):
-        calls.append(1)
-        if len(calls) == spe + 4:  # in the second GaP step (the decoder grown), mid-epoch
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, model, batch)
-
-    monkeypatch.setattr(task_class, "loss", loss)
     stopped = load_config(_config(tmp_path, cache, "stopped", SGAP, **extra))
-    with pytest.raises(Preempted):
-        run(stopped, log=lambda line: None)
-    monkeypatch.setattr(task_class, "loss", original)
-    resumed = run(stopped, resume=True, log=lambda line: None)
-    for key, value in whole.model.state_dict().items():
-        assert torch.equal(resumed.model.state_dict()[key], value), key
+    # stopped in the second GaP step (the decoder grown), mid-epoch
+    resumed = assert_sigterm_resume_equals(whole, stopped, get_task("translation"), spe + 4, monkeypatch)
     assert resumed.final["test/bleu"] == whole.final["test/bleu"]
 
 
