@@ -61,6 +61,51 @@ def test_bracketing_and_bisection_paths_match_reference(tiny_passes, case):
     _assert_matches_reference(tensors, k)
 
 
+@pytest.fixture
+def two_scan_threads(monkeypatch):
+    """Every pass on 2 Python threads (the contention-proof path), whatever the population's size."""
+    monkeypatch.setattr(selection, "PARALLEL_MIN", 0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    assert torch.get_num_threads() == 2  # the scans restore torch's thread count
+    torch.set_num_threads(previous)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the patches are constant
+@given(populations())
+def test_threaded_scans_match_reference_on_every_path(tiny_passes, two_scan_threads, case):
+    """Tensors scanned on two threads (results combined in tensor order) give the stable-sort reference's masks,
+    ties included, on the one-pass, bracketing and bisection paths alike."""
+    tensors, k = case
+    _assert_matches_reference(tensors, k)
+    threshold = find_threshold(tensors, k)
+    expected = [t.numel() - int(m.sum()) for t, m in zip(tensors, reference_keep_masks(tensors, k))]
+    assert pruned_counts_from_threshold(tensors, threshold) == expected
+
+
+def test_threaded_scans_on_a_large_tied_population_equal_one_thread():
+    """Above PARALLEL_MIN with 2 torch threads the passes run on 2 Python threads; masks equal the one-thread run's
+    and the reference, with a threshold inside a run of 40,000 ties spread over three tensors."""
+    g = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(700_000, generator=g), torch.randn(400, 900, generator=g), torch.randn(50_000, generator=g)]
+    for t in tensors:
+        t[: 40_000 // 3] = 0.25  # ties at one magnitude, in every tensor
+    total = sum(t.numel() for t in tensors)
+    previous = torch.get_num_threads()
+    try:
+        for k in (round(0.2 * total), round(0.9 * total)):
+            torch.set_num_threads(1)
+            one = smallest_magnitude_masks(tensors, k)
+            torch.set_num_threads(2)
+            two = smallest_magnitude_masks(tensors, k)
+            assert torch.get_num_threads() == 2
+            assert all(torch.equal(a, b) for a, b in zip(one, two))
+            assert all(torch.equal(a, b) for a, b in zip(two, reference_keep_masks(tensors, k)))
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_massive_ties_at_zero_take_the_single_value_path(tiny_passes):
     g = torch.Generator().manual_seed(1)
     a = torch.randn(1000, generator=g)

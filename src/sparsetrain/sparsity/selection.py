@@ -17,13 +17,24 @@ chunks of ``CHUNK`` elements, so the extra memory is a few chunks plus a small c
 
 Units: ``k`` is a number of elements; masks are ``torch.bool`` with True = kept. Half-precision
 tensors are ranked through exact float32 upcasts, so the result does not depend on dtype or device.
+
+Threads: each pass handles its CPU tensors on ``torch.get_num_threads()`` Python threads, each running
+its torch ops single-threaded (:func:`_per_tensor`), rather than running every small op on torch's
+intra-op pool. A pool op is an OpenMP parallel region whose threads spin at its barrier: when other
+processes (data-loader workers, another job) hold the cores, hundreds of such regions each wait for a
+descheduled thread, and a 60 ms selection took seconds. Independent threads are simply descheduled and
+resumed; results are combined in tensor order, so masks and counts do not depend on the thread count.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -40,6 +51,40 @@ SMALL = 1 << 16
 
 COLLECT_LIMIT = 1 << 22
 """Most candidate magnitudes ever gathered at once (16 MiB in float32)."""
+
+
+PARALLEL_MIN = 1 << 20
+"""Populations below this many elements are scanned on the calling thread (threads would cost more)."""
+
+_R = TypeVar("_R")
+
+
+@contextmanager
+def _single_threaded_ops() -> Iterator[None]:
+    """torch's intra-op pool at one thread for the duration (restored after)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _per_tensor(tensors: Sequence[torch.Tensor], scan: Callable[[int], _R]) -> list[_R]:
+    """``[scan(0), scan(1), ...]``: on ``torch.get_num_threads()`` Python threads with single-threaded torch ops
+    when the tensors are on the CPU, many and large enough, else one after the other on this thread.
+
+    ``scan(i)`` must only read shared state and write what belongs to tensor ``i``; results come back in
+    tensor order whatever the scheduling (the largest tensors are started first, for balance).
+    """
+    threads = min(torch.get_num_threads(), len(tensors))
+    if (threads < 2 or sum(t.numel() for t in tensors) < PARALLEL_MIN
+            or any(t.device.type != "cpu" for t in tensors)):
+        return [scan(i) for i in range(len(tensors))]
+    order = sorted(range(len(tensors)), key=lambda i: -tensors[i].numel())
+    with _single_threaded_ops(), ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = {i: pool.submit(scan, i) for i in order}
+        return [futures[i].result() for i in range(len(tensors))]
 
 
 @dataclass(frozen=True)
@@ -124,30 +169,36 @@ def _bracket_pass(
     The gathered magnitudes are dropped (None) once there would be more than ``COLLECT_LIMIT``.
     Also checks that the tensors are finite.
     """
-    count_lo = count_inside = 0
-    gathered: list[torch.Tensor] | None = []
-    gathered_size = 0
-    for tensor, name in zip(tensors, names):
-        below = torch.zeros((), dtype=torch.int64, device=tensor.device)
-        magnitude_sum = torch.zeros((), dtype=work, device=tensor.device)
-        for _, mag in _magnitude_chunks(tensor, work):
+    gathered_total = [0]  # over all threads, under the lock: past COLLECT_LIMIT nothing more is kept
+    lock = threading.Lock()
+
+    def scan(i: int) -> tuple[int, int, list[torch.Tensor]]:
+        below = inside_count = 0
+        inside_parts = []
+        magnitude_sum = torch.zeros((), dtype=work, device=tensors[i].device)
+        for _, mag in _magnitude_chunks(tensors[i], work):
             magnitude_sum += mag.sum()
             below_lo = mag < lo
-            below += torch.count_nonzero(below_lo)
-            inside = mag[(mag < hi) ^ below_lo]  # below lo implies below hi
-            count_inside += inside.numel()
-            if gathered is not None:
-                gathered_size += inside.numel()
-                if gathered_size > COLLECT_LIMIT:
-                    gathered = None
-                else:
-                    gathered.append(inside)
-        _check_finite(magnitude_sum, tensor, name)
-        count_lo += int(below)
-    if gathered is None:
+            below += int(torch.count_nonzero(below_lo))
+            inside = (mag < hi) ^ below_lo  # below lo implies below hi
+            count = int(torch.count_nonzero(inside))
+            inside_count += count
+            with lock:
+                gathered_total[0] += count
+                keep = gathered_total[0] <= COLLECT_LIMIT
+            if keep and count:
+                inside_parts.append(mag[inside])
+        _check_finite(magnitude_sum, tensors[i], names[i])
+        return below, inside_count, inside_parts
+
+    scanned = _per_tensor(tensors, scan)
+    count_lo = sum(below for below, _, _ in scanned)
+    count_inside = sum(count for _, count, _ in scanned)
+    inside = [part for _, _, parts in scanned for part in parts]
+    if count_inside > COLLECT_LIMIT:
         return count_lo, count_lo + count_inside, None
     device = tensors[0].device
-    values = torch.cat([g.to(device) for g in gathered]) if gathered else torch.empty(0, dtype=work, device=device)
+    values = torch.cat([g.to(device) for g in inside]) if inside else torch.empty(0, dtype=work, device=device)
     return count_lo, count_lo + count_inside, values
 
 
@@ -233,40 +284,49 @@ def masks_from_threshold(
     """Bool keep-masks pruning exactly ``threshold.k`` elements; written into ``out`` if given."""
     work = _work_dtype(tensors)
     value = threshold.value
-    ties_left = threshold.ties_pruned
-    all_ties_pruned = threshold.ties_pruned == threshold.ties_total
+    all_ties_pruned = 0 < threshold.ties_pruned == threshold.ties_total  # then |x| > t keeps; else |x| >= t
     masks = _output_masks(tensors, out)
-    for tensor, mask in zip(tensors, masks):
+
+    def write(i: int) -> None:
+        flat = masks[i].view(-1)
+        for start, mag in _magnitude_chunks(tensors[i], work):
+            dest = flat[start : start + mag.numel()]
+            (torch.gt if all_ties_pruned else torch.ge)(mag, value, out=dest)
+
+    _per_tensor(tensors, write)
+    ties_left = 0 if all_ties_pruned else threshold.ties_pruned
+    for tensor, mask in zip(tensors, masks):  # only the first ties_left elements equal to t, in order
+        if ties_left == 0:
+            break
         flat = mask.view(-1)
         for start, mag in _magnitude_chunks(tensor, work):
-            dest = flat[start : start + mag.numel()]
+            tie_positions = torch.nonzero(mag == value).squeeze(1)[:ties_left]
+            flat[start + tie_positions] = False
+            ties_left -= tie_positions.numel()
             if ties_left == 0:
-                torch.ge(mag, value, out=dest)
-            elif all_ties_pruned:
-                torch.gt(mag, value, out=dest)
-            else:  # prune only the first ties_left elements equal to the threshold
-                torch.ge(mag, value, out=dest)
-                tie_positions = torch.nonzero(mag == value).squeeze(1)[:ties_left]
-                dest[tie_positions] = False
-                ties_left -= tie_positions.numel()
+                break
     return masks
 
 
 def pruned_counts_from_threshold(tensors: Sequence[torch.Tensor], threshold: Threshold) -> list[int]:
     """Number of elements of each tensor that ``masks_from_threshold`` would prune."""
     work = _work_dtype(tensors)
+    count_ties = threshold.ties_pruned > 0
+
+    def scan(i: int) -> tuple[int, int]:
+        below = ties = 0
+        for _, mag in _magnitude_chunks(tensors[i], work):
+            below += int(torch.count_nonzero(mag < threshold.value))
+            if count_ties:
+                ties += int(torch.count_nonzero(mag == threshold.value))
+        return below, ties
+
     ties_left = threshold.ties_pruned
     counts = []
-    for tensor in tensors:
-        below = torch.zeros((), dtype=torch.int64, device=tensor.device)
-        ties = torch.zeros((), dtype=torch.int64, device=tensor.device)
-        for _, mag in _magnitude_chunks(tensor, work):
-            below += torch.count_nonzero(mag < threshold.value)
-            if ties_left:
-                ties += torch.count_nonzero(mag == threshold.value)
-        tie_share = min(int(ties), ties_left)
+    for below, ties in _per_tensor(tensors, scan):
+        tie_share = min(ties, ties_left)
         ties_left -= tie_share
-        counts.append(int(below) + tie_share)
+        counts.append(below + tie_share)
     return counts
 
 
@@ -291,26 +351,36 @@ def _masks_in_one_pass(
     are corrected. Returns False (masks then hold garbage) when the bracket missed or would gather
     more than ``COLLECT_LIMIT`` values; the caller then takes the general path.
     """
-    count_lo, gathered_size = 0, 0
-    values, positions = [], []
-    for i, (tensor, name, mask) in enumerate(zip(tensors, names, masks)):
-        flat = mask.view(-1)
+    gathered_total = [0]  # over all threads, under the lock
+    lock = threading.Lock()
+
+    def scan(i: int) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+        tensor, flat = tensors[i], masks[i].view(-1)
         kept = torch.zeros((), dtype=torch.int64, device=tensor.device)
         magnitude_sum = torch.zeros((), dtype=work, device=tensor.device)
+        values, positions = [], []
         for start, mag in _magnitude_chunks(tensor, work):
             dest = flat[start : start + mag.numel()]
             torch.ge(mag, lo, out=dest)
             kept += torch.count_nonzero(dest)
             magnitude_sum += mag.sum()
             index = torch.nonzero(dest & (mag < hi)).squeeze(1)
-            gathered_size += index.numel()
-            if gathered_size > COLLECT_LIMIT:
-                return False
+            with lock:
+                gathered_total[0] += index.numel()
+                if gathered_total[0] > COLLECT_LIMIT:
+                    return None
             values.append(mag[index])
-            positions.append((i, start + index))
-        _check_finite(magnitude_sum, tensor, name)
-        count_lo += tensor.numel() - int(kept)
-    if not count_lo < k <= count_lo + gathered_size:
+            positions.append(start + index)
+        _check_finite(magnitude_sum, tensor, names[i])
+        return tensor.numel() - int(kept), values, positions
+
+    scanned = _per_tensor(tensors, scan)
+    if any(result is None for result in scanned):
+        return False
+    count_lo = sum(result[0] for result in scanned)
+    values = [v for result in scanned for v in result[1]]
+    positions = [(i, p) for i, result in enumerate(scanned) for p in result[2]]
+    if not count_lo < k <= count_lo + sum(v.numel() for v in values):
         return False
     threshold = _threshold_from_candidates(torch.cat([v.to(values[0].device) for v in values]), count_lo, k)
     ties_left = threshold.ties_pruned
