@@ -155,4 +155,4 @@ def test_pgap_with_the_wrong_number_of_processes_is_refused(tmp_path):
     multi = _write(tmp_path, "three", PGAP)
     out = torchrun(multi, nproc=3)
     assert out.returncode != 0
-    assert "P-GaP with kappa=2 needs 2 processes, got WORLD_SIZE=3" in out.stderr
+    assert "P-GaP with kappa=2 needs WORLD_SIZE = kappa*g processes (g >= 1: 2, 4, 6, ...), got WORLD_SIZE=3" in out.stderr

@@ -114,8 +114,9 @@ def test_pgap_kappa_must_match_world_size_under_torchrun(cfg, tmp_path, capsys, 
     argv = [command, str(cfg), PGAP_2] + ([f"output_dir={tmp_path / 'run'}"] if command == "run" else [])
     assert main(argv) == 2
     assert _one_line_error(capsys) == (
-        "error: stages.1 (pgap): P-GaP with kappa=2 needs 2 processes, got WORLD_SIZE=3; valid: torchrun "
-        "--nproc-per-node 2 (one process per partition), or no torchrun (the 2 workers then train one after another)")
+        "error: stages.1 (pgap): P-GaP with kappa=2 needs WORLD_SIZE = kappa*g processes (g >= 1: 2, 4, 6, ...), got "
+        "WORLD_SIZE=3; valid: torchrun --nproc-per-node 2 (one process per partition) or a multiple of 2 (g processes "
+        "per partition, data parallel inside each group), or no torchrun (the 2 workers then train one after another)")
     monkeypatch.setenv("WORLD_SIZE", "2")
     if command == "plan":
         assert main(argv) == 0

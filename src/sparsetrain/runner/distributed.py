@@ -1,9 +1,12 @@
 """Multi-process P-GaP with torch.distributed (gloo on CPU, NCCL on GPU), launched by torchrun.
 
-One process per P-GaP worker: rank ``i`` grows partition ``i``. At a merge every state-dict entry
-is broadcast from the rank that owns it (orphans from rank 0), so every rank ends with the same
-merged model; only each partition's own tensors leave its worker. The masks computed after the
-merge are compared across ranks by checksum.
+P-GaP under torchrun with ``WORLD_SIZE`` = kappa * g (:func:`pgap_worker_groups`): the ranks form
+kappa groups of g consecutive ranks, and group ``i`` (ranks ``i*g .. i*g + g - 1``) is worker ``i``,
+growing partition ``i``; with g > 1 its ranks train it with DDP over their own process group
+(gradients are all-reduced inside the group only). At a merge every state-dict entry is broadcast
+from the leader (first rank) of the group that owns it (orphans from rank 0), so every rank ends
+with the same merged model; only each partition's own tensors leave its group. The masks computed
+after the merge are compared across all ranks by checksum.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,59 @@ def init_from_environment(device: torch.device) -> DistContext | None:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return DistContext(dist.get_rank(), dist.get_world_size())
+
+
+@dataclass(frozen=True)
+class WorkerGroups:
+    """This rank's place among P-GaP's ``kappa`` groups of ``size`` (g) consecutive ranks.
+
+    ``worker`` is the partition this rank's group grows (``rank // size``), ``rank_in_group`` its
+    position inside the group (``rank % size``), ``group`` the process group of the group's ranks
+    (None when ``size`` is 1: a worker is one process, nothing to all-reduce).
+    """
+
+    kappa: int
+    size: int
+    worker: int
+    rank_in_group: int
+    group: Any
+
+    def leader(self, worker: int) -> int:
+        """The global rank that speaks for ``worker``'s group at a merge (its first rank)."""
+        return worker * self.size
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank_in_group == 0
+
+
+def pgap_world_error(kappa: int, world_size: int) -> str | None:
+    """The one-line complaint about ``world_size`` processes for P-GaP with ``kappa`` workers, or None if valid."""
+    if world_size <= 1 or world_size % kappa == 0:
+        return None
+    return (f"P-GaP with kappa={kappa} needs WORLD_SIZE = kappa*g processes (g >= 1: {kappa}, {2 * kappa}, "
+            f"{3 * kappa}, ...), got WORLD_SIZE={world_size}; valid: torchrun --nproc-per-node {kappa} (one process "
+            f"per partition) or a multiple of {kappa} (g processes per partition, data parallel inside each group), "
+            f"or no torchrun (the {kappa} workers then train one after another)")
+
+
+def pgap_worker_groups(context: DistContext, kappa: int) -> WorkerGroups:
+    """Split the ``WORLD_SIZE`` = kappa * g ranks into kappa groups of g; a collective call (every rank makes it).
+
+    Raises ``UserError`` if ``WORLD_SIZE`` is not a multiple of ``kappa``.
+    """
+    problem = pgap_world_error(kappa, context.world_size)
+    if problem is not None:
+        raise UserError(problem)
+    size = context.world_size // kappa
+    worker, rank_in_group = divmod(context.rank, size)
+    group = None
+    if size > 1:
+        for index in range(kappa):  # every rank creates every group, in the same order (new_group is collective)
+            handle = dist.new_group(ranks=list(range(index * size, (index + 1) * size)))
+            if index == worker:
+                group = handle
+    return WorkerGroups(kappa, size, worker, rank_in_group, group)
 
 
 def broadcast_merge_(state: dict[str, torch.Tensor], owners: dict[str, int], rank: int) -> int:

@@ -7,12 +7,22 @@ partition owns (entries no partition owns come from worker 0). The merge loads t
 overwrites it with every contribution, restores the round's masks and lets the stage's next mask
 event prune every partition back to the target. Then rank 0 (or the single process) fine-tunes.
 
-Without torchrun the workers run one after another in this process; under torchrun each rank is
-one worker (``WORLD_SIZE`` = kappa) and the merge is a broadcast of each rank's partition. Both
-give the same merged model, because each worker's RNG and data order depend only on its seeds; after
-each merge the RNG is reseeded from (seed, stage, round), so the fine-tuning draws the same either way.
+Without torchrun the workers run one after another in this process; under torchrun with
+``WORLD_SIZE`` = kappa * g the ranks form kappa groups of g consecutive ranks (:func:`.distributed.
+pgap_worker_groups`) and group ``i`` is worker ``i``. With g = 1 each rank is one worker; with g > 1
+the group's ranks train their worker with DistributedDataParallel over the group's own process group,
+each rank taking its share of every global batch of the worker's data stream
+(``step_micro_batches(epoch, stream, rank_in_group, g)``), gradients all-reduced inside the group
+only. The merge is a broadcast of each partition's tensors from its group's leader (rank ``i * g``)
+to every rank. All layouts give the same masks and the same merged model, because each worker's RNG
+and data order depend only on its seeds: bit for bit with g = 1, within float tolerance with g > 1
+(the gradient all-reduce sums in a different order). After each merge the RNG is reseeded from
+(seed, stage, round), so the fine-tuning draws the same either way. The fine-tuning after the rounds
+runs on rank 0 alone (without DDP); the other ranks wait for it.
+
 The round in progress is checkpointed as :class:`RoundState`, so a run stopped between or inside
-workers resumes exactly.
+workers resumes exactly; under torchrun mid-round checkpoints are per global rank
+(``checkpoint.rankR.pt``, R = 0 .. kappa*g - 1) and resume with the same ``WORLD_SIZE``.
 """
 
 from __future__ import annotations
@@ -23,10 +33,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data.batching import derived_seed
-from ..errors import UserError
 from ..sparsity.partitions import ownership
 from .components import seed_everything
-from .distributed import broadcast_merge_, check_same_on_all_ranks
+from .distributed import (
+    WorkerGroups,
+    broadcast_merge_,
+    check_same_on_all_ranks,
+    pgap_worker_groups,
+)
 from .timeline import Segment, StageSpan
 
 if TYPE_CHECKING:
@@ -67,14 +81,29 @@ def train_pgap_stage(run: _Run, span: StageSpan) -> None:
     layout = span.gap
     assert layout is not None
     per_round = layout.epochs_per_step
-    spe = run.timeline.steps_per_epoch
     owners = ownership(list(run.model.state_dict()), span.partitions, model=run.model)
     owners = {key: 0 if owner is None else owner for key, owner in owners.items()}
-    if run.dist is not None and run.dist.world_size != layout.kappa:
-        raise UserError(f"P-GaP with kappa={layout.kappa} needs {layout.kappa} processes, got "
-                        f"WORLD_SIZE={run.dist.world_size}")
-    workers = [run.dist.rank] if run.dist is not None else list(range(layout.kappa))
+    groups = pgap_worker_groups(run.dist, layout.kappa) if run.dist is not None else None
+    workers = [groups.worker] if groups is not None else list(range(layout.kappa))
     first_round = (run.epoch - span.start_epoch) // per_round
+    if groups is not None and groups.size > 1 and first_round < layout.rounds:
+        run.setup_data_parallel(groups.group)  # DDP over this worker's g ranks (they hold the same model here)
+    try:
+        _train_rounds(run, span, groups, workers, first_round, owners)
+    finally:
+        run.ddp = None  # the fine-tuning (rank 0) and later stages train without the group's DDP
+    if run.dist is not None and not run.dist.is_main:
+        return  # rank 0 alone fine-tunes the merged model
+    run.train_stage(span)
+
+
+def _train_rounds(run: _Run, span: StageSpan, groups: WorkerGroups | None, workers: list[int], first_round: int,
+                  owners: dict[str, int]) -> None:
+    """Rounds ``first_round ..`` of ``span``: this process's ``workers`` train, then every round merges."""
+    layout = span.gap
+    assert layout is not None
+    per_round = layout.epochs_per_step
+    spe = run.timeline.steps_per_epoch
     for round_index in range(first_round, layout.rounds):
         round_start = span.start_epoch + round_index * per_round
         segment = Segment(round_start, per_round)
@@ -90,6 +119,8 @@ def train_pgap_stage(run: _Run, span: StageSpan) -> None:
             for epoch in range(run.epoch, round_start + per_round):
                 run.prepare_optimizer(span, segment, epoch)
                 loss, _ = run.train_epoch(span, segment, epoch, stream=1 + worker)
+                if groups is not None and groups.size > 1:
+                    loss = _group_mean_loss(run, groups)
                 run.epoch = epoch + 1
                 run.log(f"stage {span.index} round {round_index + 1} worker {worker} (grows P{worker + 1}) "
                         f"epoch {run.epoch - round_start}/{per_round}: train loss {loss:.4f}")
@@ -111,9 +142,15 @@ def train_pgap_stage(run: _Run, span: StageSpan) -> None:
         if run.dist is not None:
             check_same_on_all_ranks(run.masks().checksum(), "mask checksum after the P-GaP merge", run.device)
         run.save()
-    if run.dist is not None and not run.dist.is_main:
-        return  # rank 0 alone fine-tunes the merged model
-    run.train_stage(span)
+
+
+def _group_mean_loss(run: _Run, groups: WorkerGroups) -> float:
+    """The epoch's mean training loss over the examples of every rank of this worker's group (what the
+    single process logs); each rank's ``epoch_loss`` covers its own share of the batches only."""
+    total, seen = run.epoch_loss
+    pair = torch.tensor([float(total), float(seen)], dtype=torch.float64, device=run.device)
+    torch.distributed.all_reduce(pair, group=groups.group)
+    return float(pair[0]) / max(float(pair[1]), 1.0)
 
 
 def _start_worker(run: _Run, span: StageSpan, round_index: int, worker: int) -> None:
@@ -127,11 +164,18 @@ def _start_worker(run: _Run, span: StageSpan, round_index: int, worker: int) -> 
 
 
 def _merge(run: _Run, span: StageSpan, round_index: int, owners: dict[str, int]) -> None:
-    """The round's merged model and masks in ``run``; under torchrun also the round's FLOPs of every rank."""
-    assert run.pgap is not None
+    """The round's merged model and masks in ``run``; under torchrun also the round's FLOPs of every worker.
+
+    ``owners`` maps each state-dict key to the worker whose partition owns it; under torchrun
+    (``WORLD_SIZE`` = kappa * g) the key is broadcast from that worker's group leader, rank ``worker * g``.
+    """
+    assert run.pgap is not None and span.gap is not None
+    group_size = run.dist.world_size // span.gap.kappa if run.dist is not None else 1
     if run.dist is not None:  # every worker's training counts, as when they run one after another
         before = run.pgap.train_flops_before
-        round_flops = torch.tensor([run.train_flops - before], dtype=torch.float64)
+        # Each rank of a group counts its worker's whole global batches: only the leader reports them.
+        mine = run.train_flops - before if run.dist.rank % group_size == 0 else 0.0
+        round_flops = torch.tensor([mine], dtype=torch.float64)
         torch.distributed.all_reduce(round_flops)
         run.train_flops = before + float(round_flops)
     merged = dict(run.pgap.merged)
@@ -139,7 +183,8 @@ def _merge(run: _Run, span: StageSpan, round_index: int, owners: dict[str, int])
         merged.update(contribution)
     run.model.load_state_dict(merged)
     if run.dist is not None:
-        sent = broadcast_merge_(run.model.state_dict(), owners, run.dist.rank)
+        sources = {key: worker * group_size for key, worker in owners.items()}
+        sent = broadcast_merge_(run.model.state_dict(), sources, run.dist.rank)
         run.log(f"stage {span.index} round {round_index + 1} merge: rank {run.dist.rank} sent "
                 f"{sent / 2**20:.2f} MiB (its partition{' and the orphans' if run.dist.rank == 0 else ''})")
     run.masks().load_state_dict(run.pgap.masks)

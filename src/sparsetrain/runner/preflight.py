@@ -7,7 +7,8 @@ first problem raises a one-line ``UserError`` naming the config key, the bad val
 range:
 
 1. processes (``world_size``, default: the ``WORLD_SIZE`` environment variable that torchrun
-   sets): a ``pgap`` stage needs exactly ``kappa`` processes when there is more than one; a run
+   sets): a ``pgap`` stage needs ``kappa * g`` processes (g >= 1 per worker, ``data.batch_size >= g``)
+   when there is more than one; a run
    without P-GaP is data parallel and needs ``data.batch_size >= WORLD_SIZE``;
 2. every stage that sets masks, in stage order:
 
@@ -36,6 +37,7 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..methods import method_for, trains_with_workers
 from ..sparsity.targets import Target
+from .distributed import pgap_world_error
 from .timeline import Timeline, stage_context
 
 
@@ -69,17 +71,19 @@ def check_run(config: RunConfig, targets: Sequence[Target], timeline: Timeline, 
 
 
 def check_processes(config: RunConfig, timeline: Timeline, world_size: int) -> None:
-    """P-GaP needs one process per partition; data parallelism needs one example per process and batch."""
+    """P-GaP needs g >= 1 processes per partition; data parallelism needs one example per process and batch."""
     if world_size <= 1:
         return
     pgap = [span for span in timeline.stages if trains_with_workers(span.kind)]
     for span in pgap:
         kappa = span.gap.kappa if span.gap is not None else len(span.partitions)
-        if kappa != world_size:
-            raise UserError(
-                f"stages.{span.index} ({span.kind}): P-GaP with kappa={kappa} needs {kappa} processes, got "
-                f"WORLD_SIZE={world_size}; valid: torchrun --nproc-per-node {kappa} (one process per partition), "
-                f"or no torchrun (the {kappa} workers then train one after another)")
+        problem = pgap_world_error(kappa, world_size)
+        if problem is not None:
+            raise UserError(f"stages.{span.index} ({span.kind}): {problem}")
+        group_size = world_size // kappa  # each worker's global batch is split among its g processes
+        if config.data.batch_size < group_size:
+            raise UserError(f"data.batch_size={config.data.batch_size} is each P-GaP worker's global batch; it must "
+                            f"be at least g={group_size} (WORLD_SIZE={world_size} / kappa={kappa})")
     if not pgap and config.data.batch_size < world_size:
         raise UserError(f"data.batch_size={config.data.batch_size} is the global batch; it must be at least "
                         f"WORLD_SIZE={world_size}")

@@ -8,8 +8,9 @@ segment (a new training stage, or a GaP step with ``reset_optimizer``) gets a fr
 and restarts its LR schedule, warm-up included.
 
 P-GaP trains kappa worker copies per round (:mod:`.pgap_rounds`): one after another in this
-process, or one per rank under torchrun (``WORLD_SIZE`` = kappa). Both give the same merged model:
-each worker's RNG and data order are seeded by (seed, stage, round, worker).
+process, or one per group of g ranks under torchrun (``WORLD_SIZE`` = kappa * g; DDP inside a group
+when g > 1). All give the same merged model (bit for bit with g = 1, within float tolerance with
+g > 1): each worker's RNG and data order are seeded by (seed, stage, round, worker).
 
 No host sync per step on an accelerator: the epoch's training loss is summed on the device and
 read every ``training.stop_check_every`` steps and at the epoch's end (on the CPU, where reading
@@ -389,7 +390,10 @@ class _Run:
         per_iteration = span.lr_schedule.unit == "iteration"
         segment_start_step = segment.start_epoch * spe
         training = self.config.training
-        rank, world = (self.dist.rank, self.dist.world_size) if self.ddp is not None else (0, 1)
+        # This rank's share of each global batch: among every rank, or among a P-GaP worker's group of g ranks.
+        group = self.ddp.process_group if self.ddp is not None else None
+        rank, world = (0, 1) if group is None else (torch.distributed.get_rank(group),
+                                                   torch.distributed.get_world_size(group))
         autocast = autocast_context(training.amp, self.device)  # one context, entered per micro-batch
         if training.bn_momentum is not None:
             set_bn_momentum(self.model, training.bn_momentum, epoch - segment.start_epoch)
@@ -512,7 +516,7 @@ class _Run:
         if self.task.COUNT_UNIT == "examples":
             return global_size
         total = torch.tensor([float(count)], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(total)
+        torch.distributed.all_reduce(total, group=self.ddp.process_group if self.ddp is not None else None)
         return float(total)
 
     def nonfinite_loss(self, span: StageSpan, epoch: int, value: float, inputs: Any) -> bool:
@@ -592,11 +596,15 @@ class _Run:
         self.stage_index += 1
         self.save()
 
-    def setup_data_parallel(self) -> None:
-        """Under torchrun without a P-GaP stage: wrap the model in DistributedDataParallel."""
-        if self.dist is None or any(trains_with_workers(span.kind) for span in self.timeline.stages):
+    def setup_data_parallel(self, group: Any = None) -> None:
+        """Under torchrun without a P-GaP stage: wrap the model in DistributedDataParallel over every rank.
+
+        P-GaP with g > 1 processes per worker calls it with ``group``, the process group of one worker's
+        g ranks, at the start of its rounds (DDP inside the group only; ``self.ddp`` is dropped after them).
+        """
+        if self.dist is None or (group is None and any(trains_with_workers(span.kind) for span in self.timeline.stages)):
             return
-        world = self.dist.world_size
+        world = self.dist.world_size if group is None else torch.distributed.get_world_size(group)
         if self.config.training.on_nonfinite == "skip":  # one rank skipping a backward would stall the others'
             raise UserError(f"training.on_nonfinite='skip' is not supported with data parallelism (WORLD_SIZE="
                             f"{world}): the ranks would disagree on which updates to skip; use 'stop' or 'continue'")
@@ -610,13 +618,14 @@ class _Run:
         has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         sync = self.config.distributed.sync_batchnorm
         if has_batchnorm and (sync == "on" or (sync == "auto" and self.device.type == "cuda")):
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # parameters are the same objects
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model, group)  # parameters are the same objects
         elif has_batchnorm:
             self.log(f"note: BatchNorm statistics are computed per rank ({world} ranks); "
                      "SyncBatchNorm needs CUDA (distributed.sync_batchnorm)")
         device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
-        self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        self.log(f"data parallel over {world} processes: global batch {self.config.data.batch_size}")
+        self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids, process_group=group)
+        self.log(f"data parallel over {world} processes{' per P-GaP worker' if group is not None else ''}: global "
+                 f"batch {self.config.data.batch_size}")
 
     def run(self) -> RunResult | None:
         for span in self.timeline.stages[self.stage_index:]:
