@@ -116,6 +116,7 @@ class MaskSet:
                     f"mask for {target.name!r} must be bool of shape {target.shape}, got {mask.dtype} {tuple(mask.shape)}"
                 )
         self.masks = [m.to(t.param.device) for t, m in zip(self.targets, masks)]
+        self._factors: dict[int, tuple[int, int, torch.Tensor]] = {}  # see _factor
         self.model_numel = model_numel
         self.target_counts = list(target_counts) if target_counts is not None else None
         if given:
@@ -199,6 +200,47 @@ class MaskSet:
             states = _same_shape_state(optimizer, param, mask)
             if states:
                 _zero_pruned_(states, mask)
+
+    def _factor(self, index: int, int_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Mask ``index`` as 0/1 in ``int_dtype`` on ``device``, kept between calls while the mask is unchanged:
+        the cache is keyed by the mask tensor's identity and its in-place version counter, so replacing a mask
+        (``set_``, ``load_state_dict``) or writing into it (``grow_``, a method's event) rebuilds it."""
+        mask = self.masks[index]
+        cached = self._factors.get(index)
+        if (cached is not None and cached[0] == id(mask) and cached[1] == mask._version
+                and cached[2].dtype == int_dtype and cached[2].device == device):
+            return cached[2]
+        factor = mask.to(device=device, dtype=int_dtype)
+        self._factors[index] = (id(mask), mask._version, factor)
+        return factor
+
+    @torch.no_grad()
+    def mask_grads_(self) -> None:
+        """Set every pruned weight's gradient to exactly 0 in place, with one foreach multiply over integer views
+        (NaN and inf at pruned positions become 0 too; kept gradients keep their bits).
+
+        Called after backward and before ``optimizer.step()`` (after ``GradScaler.unscale_`` and before gradient
+        clipping, which then sees the masked gradients), it keeps pruned weights and their optimizer state exactly
+        zero through any number of steps of SGD (momentum, Nesterov, dampening, weight decay), Adam, AdamW and
+        AMSGrad, provided both were zero when the mask last changed (``apply_`` and ``mask_optimizer_state_`` at
+        every mask event): each of those updates a weight and its state only from its own gradient and value,
+        and maps (0 gradient, 0 value, 0 state) to 0. One pass over the gradients instead of one over the
+        weights and every state tensor (``enforce_``). The 0/1 integer masks are kept between calls (one per
+        target in the gradient's integer width; rebuilt when a mask changes).
+        """
+        views, factors = [], []
+        for index, (param, mask) in enumerate(zip(self.params, self.masks)):
+            grad = param.grad
+            if grad is None:
+                continue
+            int_dtype = _INT_OF_SIZE.get(grad.element_size())
+            if int_dtype is None or grad.is_sparse:
+                grad.masked_fill_(mask.to(grad.device).logical_not(), 0)
+                continue
+            views.append(grad.view(int_dtype))
+            factors.append(self._factor(index, int_dtype, grad.device))
+        if views:
+            torch._foreach_mul_(views, factors)
 
     @torch.no_grad()
     def enforce_(self, optimizer: torch.optim.Optimizer | None = None) -> None:

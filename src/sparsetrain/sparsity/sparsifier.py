@@ -1,8 +1,17 @@
 """Sparsifier: keeps a MaskSet enforced while a model trains.
 
-Call ``sparsifier.step(optimizer)`` right after ``optimizer.step()``. It zeroes the pruned weights
-and the optimizer state at pruned positions, in place, with foreach ops: no hooks, no
-re-parametrization, no change to the model's state-dict keys.
+Two ways, both in place, with foreach ops: no hooks, no re-parametrization, no change to the model's
+state-dict keys.
+
+* ``sparsifier.mask_grads()`` after backward and before ``optimizer.step()`` (after
+  ``GradScaler.unscale_``, before gradient clipping): zeroes the pruned weights' gradients, one pass over
+  the gradients; for SGD/Adam/AdamW/AMSGrad (any weight decay) pruned weights and their optimizer state
+  then stay exactly zero, given they were zero when the masks last changed (construction and
+  ``load_state_dict`` zero the weights; zero the state with ``masks.mask_optimizer_state_(optimizer)``
+  when you change masks under a live optimizer). The runner does this.
+* ``sparsifier.step(optimizer)`` right after ``optimizer.step()``: re-zeroes the pruned weights and the
+  optimizer state at pruned positions whatever the optimizer does (one pass over the weights and every
+  state tensor): for optimizers outside that family.
 """
 
 from __future__ import annotations
@@ -22,6 +31,10 @@ class Sparsifier:
         self.model = model
         self.masks = masks
         self.masks.apply_()
+
+    def mask_grads(self) -> None:
+        """Zero the gradients of pruned weights (before ``optimizer.step()``; see the module docstring)."""
+        self.masks.mask_grads_()
 
     def step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Re-zero pruned weights (and, given ``optimizer``, their optimizer state)."""
