@@ -102,8 +102,32 @@ class TaskConfig(_Strict):
 class DataConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="training examples per optimizer step, over all processes")
     eval_batch_size: int = Field(512, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
     drop_last: bool = False
+    pin_memory: bool | Literal["auto"] = Field(
+        "auto", description="load training batches into page-locked host memory, so host-to-GPU copies can be "
+        "asynchronous (non_blocking); auto: on when the device is CUDA. Results are identical either way")
+    persistent_workers: bool = Field(
+        False, description="keep the num_workers worker processes alive from one epoch to the next (no start-up "
+        "cost per epoch); each epoch reseeds them as fresh workers would be, so results are identical. "
+        "Needs num_workers > 0")
+    prefetch_factor: int | None = Field(
+        None, ge=1, description="batches each worker loads ahead (null: torch's default, 2). Needs num_workers > 0; "
+        "results are identical for any value")
+
+    @field_validator("pin_memory", mode="before")
+    @classmethod
+    def _pin_yaml_on_off(cls, value: Any) -> Any:
+        return {"on": True, "off": False}.get(value, value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _worker_options_need_workers(self) -> DataConfig:
+        for name, value, off in (("persistent_workers", self.persistent_workers, False),
+                                 ("prefetch_factor", self.prefetch_factor, None)):
+            if value != off and self.num_workers == 0:
+                raise ValueError(f"{name}={json.dumps(value)} needs worker processes; valid: num_workers >= 1 "
+                                 f"(num_workers=0), or {name}={json.dumps(off)}")
+        return self
 
 
 class OptimizerConfig(_Strict):
@@ -180,6 +204,13 @@ class TrainingConfig(_Strict):
         "token-batched task: batches of max_tokens per step, so fairseq's --update-freq U on W GPUs is U*W here "
         "and the config trains the same with any number of processes); must be a multiple of WORLD_SIZE")
     amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = Field(
+        False, description="keep the model's 4-D weights and 4-D input batches in channels_last (NHWC) memory "
+        "format, the fast layout of tensor-core convolutions; float results may differ in the last bits")
+    compile: bool = Field(
+        False, description="run the forward and backward through torch.compile(model) (the same parameters, so "
+        "masks and checkpoints are unchanged; the first steps pay the compilation); float results may differ in "
+        "the last bits")
     eval_every: int = Field(1, ge=1, description="epochs between evaluations (the last epoch always evaluates)")
     max_eval_batches: int | None = Field(
         None, ge=1, description="evaluate on the first N batches of the evaluation set only (None: all of it)")
@@ -313,7 +344,8 @@ class RunConfig(_Strict):
         """
         payload = self.model_dump(mode="json", exclude={
             "output_dir": True, "training": {"progress", "checkpoint_every_steps", "stop_check_every", "keep_last_models",
-                                      "loggers"}})
+                                      "loggers"},
+            "data": {"pin_memory", "persistent_workers", "prefetch_factor"}})  # loading speed only: identical results
         for path in _ADDED_AFTER_0_1:
             *sections, key = path
             section = payload
@@ -331,7 +363,8 @@ class RunConfig(_Strict):
 _ADDED_AFTER_0_1 = (("training", "on_nonfinite"), ("training", "max_eval_batches"), ("imports",),
                     ("targets", "dense_first"), ("targets", "dense_last"),
                     ("training", "mixup_alpha"), ("training", "update_freq"), ("training", "bn_momentum"),
-                    ("task", "options"), ("optimizer", "decay_norm_and_bias"), ("init", "backbone_checkpoint"))
+                    ("task", "options"), ("optimizer", "decay_norm_and_bias"), ("init", "backbone_checkpoint"),
+                    ("training", "channels_last"), ("training", "compile"))
 """Trajectory-shaping fields newer than 0.1: hashed only when set away from their default."""
 
 _STAGE_KEYS_ADDED_AFTER_0_1 = ("pattern",)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -81,8 +81,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def pins_memory(config: DataConfig, device: torch.device | None) -> bool:
+    """Whether training batches go to page-locked memory: ``data.pin_memory``, ``auto`` = on for CUDA."""
+    if config.pin_memory == "auto":
+        return device is not None and device.type == "cuda"
+    return bool(config.pin_memory)
+
+
 def epoch_loader(dataset: Dataset, config: DataConfig, shards: list[list[int]], seed: int,
-                 skip: int = 0, collate_fn: Callable[[list[Any]], Any] | None = None) -> Iterable[Any]:
+                 skip: int = 0, collate_fn: Callable[[list[Any]], Any] | None = None,
+                 device: torch.device | None = None) -> Iterable[Any]:
     """Batches ``shards`` (lists of example indices) of ``dataset``, loaded by ``config.num_workers`` workers,
     without the first ``skip`` batches (a run resumed in the middle of an epoch).
 
@@ -92,10 +100,92 @@ def epoch_loader(dataset: Dataset, config: DataConfig, shards: list[list[int]], 
     transforms draw from is restored from the checkpoint. Worker processes seed themselves per
     loader and take batches round-robin, so with workers the skipped batches are loaded and
     dropped, which keeps their random augmentations exactly those of an uninterrupted epoch.
+
+    Speed options, none of which changes a batch: ``pin_memory`` (see :func:`pins_memory`; ``device``
+    decides ``auto``), ``prefetch_factor``, and ``persistent_workers``, which reuses one loader and its
+    workers for every epoch of ``dataset``: the epoch's batches are swapped into its batch sampler and
+    each worker, at its first batch of the epoch, reseeds ``random``, torch and numpy exactly as a
+    fresh loader's worker would for ``seed`` (base seed drawn from ``Generator().manual_seed(seed)``,
+    worker ``w`` seeded ``base + w``), so every epoch loads what a per-epoch loader would.
     """
     generator = torch.Generator().manual_seed(seed)
+    pin = pins_memory(config, device)
     if config.num_workers == 0:
-        return DataLoader(dataset, batch_sampler=shards[skip:], generator=generator, collate_fn=collate_fn)
-    loader = DataLoader(dataset, batch_sampler=shards, num_workers=config.num_workers, generator=generator,
-                        collate_fn=collate_fn)
-    return itertools.islice(loader, skip, None)
+        return DataLoader(dataset, batch_sampler=shards[skip:], generator=generator, collate_fn=collate_fn,
+                          pin_memory=pin)
+    extra: dict[str, Any] = {} if config.prefetch_factor is None else {"prefetch_factor": config.prefetch_factor}
+    if not config.persistent_workers:
+        loader = DataLoader(dataset, batch_sampler=shards, num_workers=config.num_workers, generator=generator,
+                            collate_fn=collate_fn, pin_memory=pin, **extra)
+        return loader if skip == 0 else itertools.islice(loader, skip, None)
+    key = (config.num_workers, pin, config.prefetch_factor, collate_fn)
+    cached = _PERSISTENT.get("loader")
+    if cached is None or cached[0] is not dataset or cached[1] != key:
+        _PERSISTENT.clear()  # the previous loader's workers end when it is collected
+        sampler = _SwappableBatches()
+        loader = DataLoader(_EpochSeeded(dataset), batch_sampler=sampler, num_workers=config.num_workers,
+                            collate_fn=collate_fn, pin_memory=pin, persistent_workers=True, **extra)
+        cached = _PERSISTENT["loader"] = (dataset, key, loader, sampler)
+    loader, sampler = cached[2], cached[3]
+    base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())  # as a fresh loader draws
+    _EPOCH_TOKEN[0] += 1
+    sampler.batches = [[(_EPOCH_TOKEN[0], base_seed, index) for index in shard] for shard in shards]
+    return loader if skip == 0 else itertools.islice(loader, skip, None)
+
+
+_PERSISTENT: dict[str, tuple[Dataset, tuple, DataLoader, _SwappableBatches]] = {}
+"""The one persistent-workers loader alive: (dataset, options, loader, its batch sampler)."""
+
+
+def release_loaders() -> None:
+    """End the persistent-workers loader's worker processes (the runner calls it when a run ends)."""
+    cached = _PERSISTENT.pop("loader", None)
+    if cached is not None:
+        iterator = getattr(cached[2], "_iterator", None)  # torch keeps a persistent loader's iterator there
+        if hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+_EPOCH_TOKEN = [0]
+"""Counts the epochs handed to a persistent loader, so its workers see each epoch start."""
+
+
+class _SwappableBatches:
+    """A batch sampler whose batches (lists of keys) are replaced for every epoch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _EpochSeeded(Dataset):
+    """``dataset`` read by ``(epoch token, base seed, index)`` keys: a worker seeing a new epoch token
+    reseeds its RNGs as torch seeds a fresh worker (``base + worker id``; numpy from both)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.epoch_token: int | None = None  # per worker process: each holds its own copy
+
+    def __getitem__(self, key: tuple[int, int, int]) -> Any:
+        token, base_seed, index = key
+        if token != self.epoch_token:
+            self.epoch_token = token
+            info = torch.utils.data.get_worker_info()
+            worker = info.id if info is not None else 0
+            random.seed(base_seed + worker)
+            torch.manual_seed(base_seed + worker)
+            np.random.seed(_worker_numpy_seed(base_seed, worker))
+        return self.dataset[index]
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+
+def _worker_numpy_seed(base_seed: int, worker: int) -> Any:
+    """The numpy seed torch's worker loop sets for ``(base_seed, worker)``."""
+    from torch.utils.data._utils.worker import _generate_state
+    return _generate_state(base_seed, worker)

@@ -78,6 +78,8 @@ from .components import (
     build_lr_schedule,
     build_optimizer,
     epoch_loader,
+    pins_memory,
+    release_loaders,
     resolve_device,
 )
 from .distributed import (
@@ -149,6 +151,15 @@ class _Run:
         setup = build_setup(config, device=self.device)
         assert setup.task is not None and setup.timeline is not None
         self.task, self.model, self.targets, self.timeline = setup.task, setup.model, setup.targets, setup.timeline
+        if config.training.channels_last:  # before the optimizer and masks see the parameters (same objects)
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # Host-to-device copies: asynchronous from pinned memory on CUDA; keywords passed only when on.
+        self.transfer: dict[str, bool] = {}
+        if self.device.type == "cuda" and pins_memory(config.data, self.device):
+            self.transfer["non_blocking"] = True
+        if config.training.channels_last:
+            self.transfer["channels_last"] = True
+        self.compiled: tuple[nn.Module, nn.Module] | None = None  # (network, torch.compile(network))
         self.model_numel = setup.model_numel
         self.kept_dense = setup.kept_dense
         self.forward_flops = target_forward_flops(self.model, self.targets, setup.example_input)
@@ -185,6 +196,17 @@ class _Run:
     @property
     def is_main(self) -> bool:
         return self.dist is None or self.dist.is_main
+
+    def training_network(self) -> nn.Module:
+        """What the training forward runs: the DDP wrapper or the model, through ``torch.compile`` when
+        ``training.compile`` (compiled once per wrapper; it shares the model's parameters, so the masks,
+        the optimizer and checkpoints see the same tensors)."""
+        network = self.ddp if self.ddp is not None else self.model
+        if not self.config.training.compile:
+            return network
+        if self.compiled is None or self.compiled[0] is not network:
+            self.compiled = (network, torch.compile(network))
+        return self.compiled[1]
 
     # ---- persistence ---------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -415,11 +437,11 @@ class _Run:
         skipped = sum(len(step) for step in steps[:done])
         loader = epoch_loader(self.task.train_set, self.config.data, flat,
                               derived_seed(self.config.seed, epoch, stream, 1), skip=skipped,
-                              collate_fn=self.task.collate_fn)
+                              collate_fn=self.task.collate_fn, device=self.device)
         grouped = _grouped(loader, [len(step) for step in steps[done:]])
         batches = progress_bar(grouped, f"stage {span.index} {span.kind} epoch {epoch - span.start_epoch + 1}/"
                                f"{span.epochs}", training.progress and self.is_main, total=spe - done)
-        network = self.ddp if self.ddp is not None else self.model
+        network = self.training_network()
         self.model.train()
         lr = 0.0
         for batch_index, (micro_batches, global_size) in enumerate(zip(batches, global_sizes[done:]), done):
@@ -469,7 +491,7 @@ class _Run:
         last = len(micro_batches) - 1
         step_loss, step_count, loss_value = self.zero_loss(), 0, None
         for index, batch in enumerate(micro_batches):
-            batch = self.task.to_device(batch, self.device)
+            batch = self.task.to_device(batch, self.device, **self.transfer)
             # Only the last micro-batch's backward all-reduces the gradients under DDP.
             sync = contextlib.nullcontext() if index == last or self.ddp is None else self.ddp.no_sync()
             with sync:
@@ -782,6 +804,7 @@ def run(config: RunConfig, resume: bool = False, log: Callable[[str], None] = pr
             torch.distributed.barrier()
         return result
     finally:
+        release_loaders()  # data.persistent_workers: the workers end with the run
         if state.metric_loggers is not None:
             state.metric_loggers.close()
         if state.dist is not None:

@@ -183,13 +183,25 @@ class Task:
                             f"{world_size} process(es)); valid: batch_size >= {world_size * per_rank}")
         return micro, parts[0][1]
 
-    def to_device(self, batch: Any, device: torch.device) -> Any:
-        """The batch as the model and :meth:`loss` take it, on ``device``."""
+    def to_device(self, batch: Any, device: torch.device, non_blocking: bool = False,
+                  channels_last: bool = False) -> Any:
+        """The batch as the model and :meth:`loss` take it, on ``device``.
+
+        ``non_blocking``: asynchronous host-to-device copies (the runner asks for them on CUDA when the
+        loader pins memory; the copy is ordered before any kernel that reads it on the same stream).
+        ``channels_last``: 4-D floating-point tensors (image batches) in channels_last memory format
+        (``training.channels_last``); same values, another layout. The runner passes these keywords
+        only when they are on, so an override with the older ``(batch, device)`` signature still works.
+        """
         if isinstance(batch, (list, tuple)):
-            return type(batch)(self.to_device(b, device) for b in batch)
+            return type(batch)(self.to_device(b, device, non_blocking, channels_last) for b in batch)
         if isinstance(batch, dict):
-            return {k: self.to_device(v, device) for k, v in batch.items()}
-        return batch.to(device) if isinstance(batch, torch.Tensor) else batch
+            return {k: self.to_device(v, device, non_blocking, channels_last) for k, v in batch.items()}
+        if not isinstance(batch, torch.Tensor):
+            return batch
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            return batch.to(device, non_blocking=non_blocking, memory_format=torch.channels_last)
+        return batch.to(device, non_blocking=non_blocking)
 
     def batch_inputs(self, batch: Any) -> Any:
         """The model inputs of a batch (what a NaN check looks at first)."""
