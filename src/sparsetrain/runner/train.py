@@ -3,7 +3,11 @@
 ``run(config)`` lays the run out as a timeline (stages, optimizer segments, mask events), then
 walks it. Mask events are applied in schedule order, exactly once each (``events_applied`` counts
 them and is checkpointed), at the start of the epoch whose first step they are due at. Between
-events, ``Sparsifier.step(optimizer)`` keeps the masks fixed after every optimizer step. A new
+events, ``Sparsifier.mask_grads()`` zeroes the pruned weights' gradients before every optimizer step
+(after fp16 loss unscaling, before clipping, which sees the masked gradients): with the runner's SGD,
+Adam and AdamW that keeps pruned weights and optimizer state exactly zero, as every mask event zeroes
+both when it changes the masks (one pass over the gradients per step instead of one over the weights
+and all optimizer state). A new
 segment (a new training stage, or a GaP step with ``reset_optimizer``) gets a fresh optimizer
 and restarts its LR schedule, warm-up included.
 
@@ -454,13 +458,15 @@ class _Run:
             if self.next_event_step() == self.step:
                 self.apply_due_events(span, after_backward=True)  # e.g. RigL, which needs this step's gradients
             if finite:
+                masked = self.sparsifier is not None and (self.events_applied or self.masks_from_init)
+                if masked or training.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)  # a no-op without fp16 loss scaling
+                if masked:  # pruned weights and state stay zero (mask events zero them when masks change)
+                    self.sparsifier.mask_grads()
                 if training.grad_clip is not None:
-                    self.scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                if self.sparsifier is not None and (self.events_applied or self.masks_from_init):  # masks set
-                    self.sparsifier.step(self.optimizer)
                 total, seen = self.epoch_loss
                 self.epoch_loss = (total + step_loss, seen + step_count)  # stays on the device
             self.step += 1

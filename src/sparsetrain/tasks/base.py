@@ -193,10 +193,11 @@ class Task:
         (``training.channels_last``); same values, another layout. The runner passes these keywords
         only when they are on, so an override with the older ``(batch, device)`` signature still works.
         """
-        if isinstance(batch, (list, tuple)):
-            return type(batch)(self.to_device(b, device, non_blocking, channels_last) for b in batch)
+        options = {name: True for name, on in (("non_blocking", non_blocking), ("channels_last", channels_last)) if on}
+        if isinstance(batch, (list, tuple)):  # recursing with the keywords that are on only, as the runner calls
+            return type(batch)(self.to_device(b, device, **options) for b in batch)
         if isinstance(batch, dict):
-            return {k: self.to_device(v, device, non_blocking, channels_last) for k, v in batch.items()}
+            return {k: self.to_device(v, device, **options) for k, v in batch.items()}
         if not isinstance(batch, torch.Tensor):
             return batch
         if channels_last and batch.dim() == 4 and batch.is_floating_point():
