@@ -128,8 +128,9 @@ def _magnitude_chunks(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, |x| as work dtype)`` for consecutive chunks of the flattened tensor."""
     flat = tensor.detach().reshape(-1)
+    buffer = torch.empty(min(CHUNK, flat.numel()), dtype=flat.dtype, device=flat.device)  # reused: no allocation
     for start in range(0, flat.numel(), CHUNK):
-        chunk = flat[start : start + CHUNK].abs()
+        chunk = torch.abs(flat[start : start + CHUNK], out=buffer[: min(CHUNK, flat.numel() - start)])
         yield start, chunk if chunk.dtype == work else chunk.to(work)
 
 
@@ -340,6 +341,16 @@ def _output_masks(tensors: Sequence[torch.Tensor], out: Sequence[torch.Tensor] |
     return masks
 
 
+def _true_positions(flags: torch.Tensor) -> torch.Tensor:
+    """``torch.nonzero(flags).squeeze(1)`` for a 1-D bool tensor where True is rare, about 2x faster on the CPU:
+    ``nonzero`` first finds the 8-byte words holding any True (an eighth of the scan), then only inside them."""
+    if flags.numel() % 8 or flags.device.type != "cpu" or not flags.is_contiguous():
+        return torch.nonzero(flags).squeeze(1)
+    words = torch.nonzero(flags.view(torch.int64)).squeeze(1)
+    rows, columns = torch.nonzero(flags.view(-1, 8)[words], as_tuple=True)
+    return words[rows] * 8 + columns
+
+
 def _masks_in_one_pass(
     tensors: Sequence[torch.Tensor], names: list[str], work: torch.dtype, k: int, lo: float, hi: float,
     masks: list[torch.Tensor],
@@ -359,12 +370,16 @@ def _masks_in_one_pass(
         kept = torch.zeros((), dtype=torch.int64, device=tensor.device)
         magnitude_sum = torch.zeros((), dtype=work, device=tensor.device)
         values, positions = [], []
+        band = torch.empty(min(CHUNK, tensor.numel()), dtype=torch.bool, device=tensor.device)  # reused per chunk
         for start, mag in _magnitude_chunks(tensor, work):
             dest = flat[start : start + mag.numel()]
             torch.ge(mag, lo, out=dest)
             kept += torch.count_nonzero(dest)
             magnitude_sum += mag.sum()
-            index = torch.nonzero(dest & (mag < hi)).squeeze(1)
+            inside = band[: mag.numel()]
+            torch.lt(mag, hi, out=inside)
+            inside &= dest
+            index = _true_positions(inside)
             with lock:
                 gathered_total[0] += index.numel()
                 if gathered_total[0] > COLLECT_LIMIT:
