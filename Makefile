@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/selection.py --quick
 	$(BIN)/python bench/selection.py --quick --scaling
+	$(BIN)/python bench/selection.py --quick --contended
 	$(BIN)/python bench/overhead.py --quick
 	$(BIN)/python bench/mask_events.py --quick
 	$(BIN)/python bench/throughput.py --quick
