@@ -633,13 +633,15 @@ class _Run:
         if self.dist is None or (group is None and any(trains_with_workers(span.kind) for span in self.timeline.stages)):
             return
         world = self.dist.world_size if group is None else torch.distributed.get_world_size(group)
+        ranks = (f"WORLD_SIZE={world}" if group is None
+                 else f"{world} processes per P-GaP worker (WORLD_SIZE={self.dist.world_size})")
         if self.config.training.on_nonfinite == "skip":  # one rank skipping a backward would stall the others'
-            raise UserError(f"training.on_nonfinite='skip' is not supported with data parallelism (WORLD_SIZE="
-                            f"{world}): the ranks would disagree on which updates to skip; use 'stop' or 'continue'")
+            raise UserError(f"training.on_nonfinite='skip' is not supported with data parallelism ({ranks}): the "
+                            "ranks would disagree on which updates to skip; use 'stop' or 'continue'")
         update_freq = self.config.training.update_freq
         if update_freq > 1 and update_freq % world:
-            raise UserError(f"training.update_freq={update_freq} micro-batches per step are divided among WORLD_SIZE="
-                            f"{world} processes; valid: 1 or a multiple of {world}")
+            raise UserError(f"training.update_freq={update_freq} micro-batches per step are divided among {ranks}; "
+                            f"valid: 1 or a multiple of {world}")
         if self.config.data.batch_size < world:
             raise UserError(f"data.batch_size={self.config.data.batch_size} is the global batch; it must be at "
                              f"least WORLD_SIZE={world}")
