@@ -3,8 +3,10 @@ return, a seeded stratified split, and the checks of the options every reader ta
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from numbers import Real
+from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 from torch.utils.data import TensorDataset
@@ -69,3 +71,16 @@ def check_seed(seed: int) -> None:
         raise UserError(f"seed={seed!r} is not an integer in [0, 2**32)")
     if not 0 <= seed < 2**32:
         raise UserError(f"seed={seed!r} is outside [0, 2**32)")
+
+
+def check_count(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int when it is an integer (not a bool) >= ``minimum``, else a one-line ``UserError``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise UserError(f"{name} {value!r} is not valid; expected an integer >= {minimum}")
+    return int(value)
+
+
+def embedded_cache_dir(option: str | None) -> Path:
+    """Where an embedded dataset is written: the task option if set, else ``$SPARSETRAIN_CACHE``, else
+    ``~/.cache/sparsetrain``."""
+    return Path(option or os.environ.get("SPARSETRAIN_CACHE") or Path.home() / ".cache" / "sparsetrain")

@@ -57,6 +57,7 @@ from torch.utils.data import Dataset
 
 from ..atomic import atomic_write
 from ..errors import UserError, UserOSError, os_error_message
+from .base import check_count
 from .detection_transforms import AUGMENTATIONS, ssd_eval_transform, ssd_train_transform
 
 __all__ = ["SPLITS", "CocoDetection", "annotation_path", "collate", "image_dir", "write_coco"]
@@ -73,11 +74,6 @@ def image_dir(root: str | os.PathLike[str], split: str) -> Path:
     """``<root>/<split>2017``."""
     return Path(root) / f"{split}2017"
 
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise UserError(f"{name} {value!r} is not valid; expected an integer >= {minimum}")
-    return int(value)
 
 
 def _check_split(split: object) -> str:
@@ -107,8 +103,8 @@ class CocoDetection(Dataset):
     def __init__(self, root: str | os.PathLike[str], split: str, *, image_size: int, train: bool, seed: int,
                  include_crowd: bool = True, augment: str = "ssd") -> None:
         self.split = _check_split(split)
-        self.image_size = _check_int("image_size", image_size, 8)
-        self.seed = _check_int("seed", seed, 0)
+        self.image_size = check_count("image_size", image_size, 8)
+        self.seed = check_count("seed", seed, 0)
         if seed >= 2**63:
             raise UserError(f"seed {seed!r} is not valid; expected an integer in [0, 2**63)")
         self.train = bool(train)
@@ -191,7 +187,7 @@ class CocoDetection(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose augmentation an integer key gets (no effect when ``train=False``)."""
-        self.epoch = _check_int("epoch", epoch, 0)
+        self.epoch = check_count("epoch", epoch, 0)
 
     def boxes(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Un-augmented ``(boxes float64 (n, 4) relative ltrb, labels int64 (n,))`` of item ``index``."""
@@ -219,7 +215,7 @@ class CocoDetection(Dataset):
             if len(key) != 2:
                 raise UserError(f"key {key!r} is not valid; expected index or (index, epoch)")
             index, epoch = key
-            epoch = _check_int("epoch", epoch, 0)
+            epoch = check_count("epoch", epoch, 0)
         else:
             index, epoch = key, self.epoch
         if isinstance(index, bool) or not isinstance(index, Integral):

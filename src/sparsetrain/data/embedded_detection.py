@@ -59,6 +59,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import UserError, UserOSError, os_error_message
+from .base import check_count
 from .coco_detection import write_coco
 
 __all__ = ["CLASS_NAMES", "CROWD_PROBABILITY", "GENERATOR_VERSION", "MANIFEST_NAME",
@@ -249,11 +250,6 @@ def generate_image(rng: np.random.Generator, size: int, first_class: int | None 
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), objects
 
 
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"{name} {value!r} is not valid; expected an integer >= {minimum}")
-    return value
-
 
 def _read_manifest(root: Path) -> dict | None:
     try:
@@ -275,10 +271,10 @@ def embedded_detection_dataset(cache_dir: str | os.PathLike[str], *, n_train: in
     of that name without a matching manifest is refused). Needs ``n_train, n_val >= 1``,
     ``image_size >= 32``, ``seed >= 0``. About 5 ms per 128 px image.
     """
-    _check_count("n_train", n_train, 1)
-    _check_count("n_val", n_val, 1)
-    _check_count("image_size", image_size, 32)
-    _check_count("seed", seed, 0)
+    check_count("n_train", n_train, 1)
+    check_count("n_val", n_val, 1)
+    check_count("image_size", image_size, 32)
+    check_count("seed", seed, 0)
     params = {"generator": "sparsetrain.data.embedded_detection", "version": GENERATOR_VERSION, "seed": seed,
               "n_train": n_train, "n_val": n_val, "image_size": image_size}
     cache_dir = Path(cache_dir)

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .base import check_count
 from .shapenet_part import write_shapenet_part
 
 __all__ = ["EMBEDDED_CATEGORIES", "GENERATOR_VERSION", "PART_NAMES", "embedded_part_dataset", "generate_shape"]
@@ -494,11 +495,6 @@ def _token(seed: int, index: int) -> str:
     return f"emb{seed:x}s{index:06d}"
 
 
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"{name} {value!r} is not valid; expected an integer >= {minimum}")
-    return value
-
 
 def embedded_part_dataset(cache_root: str | os.PathLike[str], seed: int = 0, n_train: int = 600, n_val: int = 100,
                           n_test: int = 200, points_per_shape: int = 2048) -> Path:
@@ -513,11 +509,11 @@ def embedded_part_dataset(cache_root: str | os.PathLike[str], seed: int = 0, n_t
     complete directory with the same parameters is reused without generating anything. Needs
     ``n_train, n_test >= 1``, ``n_val >= 0``, ``points_per_shape >= 64``; ``seed >= 0``.
     """
-    _check_count("seed", seed, 0)
-    _check_count("n_train", n_train, 1)
-    _check_count("n_val", n_val, 0)
-    _check_count("n_test", n_test, 1)
-    _check_count("points_per_shape", points_per_shape, 64)
+    check_count("seed", seed, 0)
+    check_count("n_train", n_train, 1)
+    check_count("n_val", n_val, 0)
+    check_count("n_test", n_test, 1)
+    check_count("points_per_shape", points_per_shape, 64)
     name = f"shapenet_part_embedded_v{GENERATOR_VERSION}_seed{seed}_{n_train}-{n_val}-{n_test}_p{points_per_shape}"
     root = Path(cache_root) / name
     total = n_train + n_val + n_test

@@ -26,7 +26,6 @@ there is nothing to gather.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -35,6 +34,7 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.base import embedded_cache_dir
 from ..errors import UserError
 from ..methods.schema import StrictModel
 from .base import Task, parse_options
@@ -273,8 +273,8 @@ def _data_root(name: str, data: DetectionDataOptions, image_size: int) -> Path:
     if name == "embedded_shapes":
         from ..data.embedded_detection import embedded_detection_dataset
 
-        cache = data.cache or os.environ.get("SPARSETRAIN_CACHE") or str(Path.home() / ".cache" / "sparsetrain")
-        return embedded_detection_dataset(Path(cache), n_train=data.n_train, n_val=data.n_val, image_size=image_size)
+        return embedded_detection_dataset(embedded_cache_dir(data.cache), n_train=data.n_train, n_val=data.n_val,
+                                          image_size=image_size)
     if data.root is None:
         raise UserError("task.dataset.name='coco2017' reads a directory: set task.dataset.options.root (holding "
                         "annotations/instances_train2017.json, train2017/, val2017/)")

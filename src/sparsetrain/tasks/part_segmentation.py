@@ -20,7 +20,6 @@ the deterministic form of the reference's voting over random sampler starts.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -31,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.base import embedded_cache_dir
 from ..errors import UserError
 from ..methods.schema import StrictModel
 from .base import Task, parse_options
@@ -249,9 +249,8 @@ def _data_root(name: str, data: PartSegDataOptions) -> Path:
     if name == "embedded_parts":
         from ..data.embedded_parts import embedded_part_dataset
 
-        cache = data.cache or os.environ.get("SPARSETRAIN_CACHE") or str(Path.home() / ".cache" / "sparsetrain")
-        return embedded_part_dataset(Path(cache), n_train=data.n_train, n_val=data.n_val, n_test=data.n_test,
-                                     points_per_shape=data.points_per_shape)
+        return embedded_part_dataset(embedded_cache_dir(data.cache), n_train=data.n_train, n_val=data.n_val,
+                                     n_test=data.n_test, points_per_shape=data.points_per_shape)
     if data.root is None:
         raise UserError("task.dataset.name='shapenet_part' reads a directory: set task.dataset.options.root "
                         "(shapenetcore_partanno_segmentation_benchmark_v0_normal)")

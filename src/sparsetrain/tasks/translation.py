@@ -32,7 +32,6 @@ segmentation, detokenizes and scores against the plain references (the raw text 
 from __future__ import annotations
 
 import math
-import os
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -43,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import token_batching
+from ..data.base import embedded_cache_dir
 from ..errors import UserError
 from ..methods.schema import StrictModel
 from .base import Task, parse_options
@@ -341,9 +341,8 @@ def read_data(name: str, options: TranslationDataOptions) -> Any:
     from ..data import translation as data
 
     if name == "embedded_en_de":
-        cache = options.cache or os.environ.get("SPARSETRAIN_CACHE") or str(Path.home() / ".cache" / "sparsetrain")
-        return data.embedded_translation(Path(cache), n_train=options.n_train, n_valid=options.n_valid,
-                                         n_test=options.n_test, vocab_size=options.vocab_size)
+        return data.embedded_translation(embedded_cache_dir(options.cache), n_train=options.n_train,
+                                         n_valid=options.n_valid, n_test=options.n_test, vocab_size=options.vocab_size)
     if options.path is None:
         raise UserError(f"task.dataset.name={name!r} reads a directory: set task.dataset.options.path")
     if not Path(options.path).is_dir():
