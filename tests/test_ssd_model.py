@@ -19,6 +19,7 @@ from torch import nn
 
 from sparsetrain.errors import UserError
 from sparsetrain.models.resnet import resnet50
+from sparsetrain.runner.checkpoint import CheckpointError, load_state_dict_from
 from sparsetrain.models.ssd import (
     SSD,
     SSD_MODELS,
@@ -26,7 +27,6 @@ from sparsetrain.models.ssd import (
     dboxes300_coco,
     default_boxes,
     load_backbone,
-    nvidia_state_dict,
     ssd300_resnet50,
     xywh_to_ltrb,
 )
@@ -102,25 +102,30 @@ def test_ssd300_num_classes_changes_only_conf():
     assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == _nvidia_ssd300_table(21)
 
 
-def test_nvidia_checkpoint_loads_strictly():
+def test_nvidia_checkpoint_loads_strictly(tmp_path):
+    """A checkpoint as NVIDIA's training script writes it ({'model': DDP state dict, 'epoch': ...}) read by the
+    runner's checkpoint reader (wrapper and ``module.`` removed) loads strictly, in NVIDIA's key order."""
     table = _nvidia_ssd300_table()
     generator = torch.Generator().manual_seed(0)
     state = {f"module.{k}": (torch.full(s, 7, dtype=torch.long) if k.endswith("num_batches_tracked")
                              else torch.randn(s, generator=generator)) for k, s in table}
     model = ssd300_resnet50()
-    sd = nvidia_state_dict({"model": state, "epoch": 65})
+    torch.save({"model": state, "epoch": 65}, tmp_path / "epoch_64.pt")
+    sd = load_state_dict_from(tmp_path / "epoch_64.pt")
     assert list(sd) == [k for k, _ in table]
     model.load_state_dict(sd, strict=True)
     for key in ("conf.5.weight", "additional_blocks.2.4.running_var", "feature_extractor.feature_extractor.0.weight"):
         assert torch.equal(model.state_dict()[key], state[f"module.{key}"])
     # A plain state dict without prefixes passes through unchanged.
     plain = {k: v for k, v in sd.items()}
-    assert nvidia_state_dict(plain) == plain
+    torch.save(plain, tmp_path / "plain.pt")
+    assert list(load_state_dict_from(tmp_path / "plain.pt")) == list(plain)
 
 
-def test_nvidia_state_dict_rejects_non_mapping():
-    with pytest.raises(UserError, match=r"^checkpoint of type list is neither a state dict"):
-        nvidia_state_dict([1, 2])
+def test_a_checkpoint_without_a_state_dict_is_refused(tmp_path):
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint '.*list.pt' holds no model state dict"):
+        load_state_dict_from(tmp_path / "list.pt")
 
 
 def test_ssd300_feature_maps_and_outputs_on_meta(meta_ssd300):

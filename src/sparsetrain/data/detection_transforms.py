@@ -54,6 +54,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..ops.boxes import box_iou as ops_box_iou
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -111,15 +112,10 @@ def _as_boxes(boxes: np.ndarray) -> np.ndarray:
 
 
 def box_iou(boxes: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """IoU ``(n,)`` of ltrb ``boxes (n, 4)`` with one ltrb ``window (4,)`` (same units); 0 for empty unions."""
-    boxes = _as_boxes(boxes)
-    window = np.asarray(window, dtype=np.float64)
-    iw = np.clip(np.minimum(boxes[:, 2], window[2]) - np.maximum(boxes[:, 0], window[0]), 0.0, None)
-    ih = np.clip(np.minimum(boxes[:, 3], window[3]) - np.maximum(boxes[:, 1], window[1]), 0.0, None)
-    inter = iw * ih
-    union = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-             + (window[2] - window[0]) * (window[3] - window[1]) - inter)
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    """IoU ``(n,)`` of ltrb ``boxes (n, 4)`` with one ltrb ``window (4,)`` (same units); 0 for empty unions
+    (:func:`sparsetrain.ops.box_iou` on numpy arrays)."""
+    window = torch.as_tensor(np.asarray(window, dtype=np.float64)).reshape(1, 4)
+    return ops_box_iou(torch.from_numpy(_as_boxes(boxes)), window)[:, 0].numpy()
 
 
 def sample_crop_window(boxes: np.ndarray, width: int, height: int, rng: np.random.Generator,

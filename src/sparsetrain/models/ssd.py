@@ -71,7 +71,6 @@ __all__ = [
     "load_backbone",
     "nvidia_aspect_ratios",
     "nvidia_scales",
-    "nvidia_state_dict",
     "ssd300_resnet50",
     "ssd_small",
     "ssd_tiny",
@@ -396,17 +395,6 @@ def build_ssd(name: str, num_classes: int = 81, **options: Any) -> SSD:
     return builder(num_classes=num_classes, **options)
 
 
-def nvidia_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """A state dict from an NVIDIA SSD checkpoint: ``{'model': sd}`` or ``sd`` itself, with the
-    ``module.`` prefix (DataParallel/DDP) stripped from every key that has it."""
-    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
-        raise UserError(f"checkpoint of type {type(obj).__name__} is neither a state dict nor "
-                        "{'model': state_dict}")
-    return {(k.removeprefix("module.")): v for k, v in obj.items()}
-
-
 _BACKBONE_KEYS = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6"}
 _BACKBONE_PREFIX = "feature_extractor.feature_extractor."
 
@@ -415,11 +403,12 @@ def load_backbone(model: SSD, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Copy a torchvision-format ResNet state dict into ``model``'s backbone, in place.
 
     ``conv1``, ``bn1``, ``layer1..3`` keys map to ``feature_extractor.feature_extractor.{0, 1, 4, 5,
-    6}``; ``fc.*`` and ``layer4.*`` are ignored (a ``module.`` prefix is stripped). Every other
-    key must match a backbone entry with the same shape, and every backbone entry must be given;
-    otherwise ``UserError`` (nothing is copied then).
+    6}``; ``fc.*`` and ``layer4.*`` are ignored. ``state_dict`` is plain, as the runner's checkpoint reader
+    (``runner.checkpoint.load_state_dict_from``) returns it: wrappers such as ``{'model': ...}`` and ``module.``
+    prefixes already removed. Every other key must match a backbone entry with the same shape, and every
+    backbone entry must be given; otherwise ``UserError`` (nothing is copied then).
     """
-    source = nvidia_state_dict(state_dict)
+    source = state_dict
     target = {k[len(_BACKBONE_PREFIX):]: v for k, v in model.state_dict().items()
               if k.startswith(_BACKBONE_PREFIX)}
     mapped: dict[str, torch.Tensor] = {}
