@@ -226,7 +226,8 @@ class MaskSet:
         every mask event): each of those updates a weight and its state only from its own gradient and value,
         and maps (0 gradient, 0 value, 0 state) to 0. One pass over the gradients instead of one over the
         weights and every state tensor (``enforce_``). The 0/1 integer masks are kept between calls (one per
-        target in the gradient's integer width; rebuilt when a mask changes).
+        target in the gradient's integer width, so as much memory as the target weights themselves: the
+        price of not converting every mask at every step; rebuilt when a mask changes).
         """
         views, factors = [], []
         for index, (param, mask) in enumerate(zip(self.params, self.masks)):
