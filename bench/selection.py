@@ -4,9 +4,9 @@ What is measured, in one process, on the 54 conv+fc weights of ResNet-50 (25,502
 values from ``resnet50_random_weights(seed=0)``), pruning ``k = round(s * N)`` of them:
 
 * **ours** — ``smallest_magnitude_masks`` (exact, chunked, no concatenation): a strided sample
-  guesses a value bracket, then one pass writes the masks and gathers the few magnitudes inside
-  the bracket, whose exact k-th value fixes the masks at those positions; one bool keep-mask per
-  tensor;
+  guesses a value bracket, then one pass (a compiled loop per tensor, on two threads) writes the
+  masks and gathers the few magnitudes inside the bracket, whose exact k-th value fixes the masks at
+  those positions; one bool keep-mask per tensor;
 * **torch.nn.utils.prune.global_unstructured** with ``L1Unstructured`` and ``amount=s``, on one
   ``nn.Module`` per tensor holding a ``weight`` Parameter cloned from it; fresh modules are built
   before every call (global_unstructured re-parametrizes them) and only the call is timed;
@@ -27,9 +27,9 @@ Checks: every method prunes exactly k weights, and the masks of both torch metho
 to ours (the weights' magnitudes are distinct, so no tie-breaking is involved; the output prints
 how many weights sit at the threshold). A mismatch makes the script exit with status 1 after printing the table.
 
-Timings need an otherwise idle machine: ours runs ~10^3 small torch ops (1 MiB chunks), each an
-OpenMP parallel region, and with the default spin-waiting OpenMP workers it slows down by one to two
-orders of magnitude when other processes compete for the cores. The load average is printed.
+Timings need an otherwise idle machine (``--contended`` measures the other case on purpose): every method
+here reads tens of megabytes on all cores, and the torch methods' OpenMP regions spin-wait for descheduled
+threads when other processes hold the cores. The load average is printed.
 
 Size-scaling mode (``--scaling``): how each method's cost grows with the number of weights, on a
 Transformer-big-like stack built by arithmetic (no module): per layer the four 1024x1024 attention

@@ -135,3 +135,30 @@ def test_non_finite_weights_name_the_tensor_on_the_one_pass_path(monkeypatch, ba
     dirty[54_321] = bad
     with pytest.raises(SparsityError, match="layer2.weight holds NaN or inf"):
         smallest_magnitude_masks([clean, dirty], 50_000, names=["layer1.weight", "layer2.weight"])
+
+
+def test_fused_scans_leave_torch_thread_count_alone(monkeypatch):
+    """The one-pass scans run on 2 Python threads; torch's pool drops to one thread only while some tensor needs
+    torch kernels (half precision here), and is 2 again afterwards."""
+    monkeypatch.setattr(selection, "PARALLEL_MIN", 0)
+    seen = []
+    real = band_scan.scan_chunks
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(band_scan, "scan_chunks", recording)
+    g = torch.Generator().manual_seed(0)
+    floats = [torch.randn(90_000, generator=g), torch.randn(70_000, generator=g)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        smallest_magnitude_masks(floats, 100_000)
+        assert seen == [2, 2]
+        seen.clear()
+        smallest_magnitude_masks(floats + [torch.randn(70_000, generator=g).half()], 100_000)
+        assert seen == [1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

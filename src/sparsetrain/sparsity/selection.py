@@ -15,12 +15,18 @@ chunks of ``CHUNK`` elements, so the extra memory is a few chunks plus a small c
    magnitudes equal to ``t`` the first ones in (tensor order, flat index) order are pruned until
    exactly k are. Ties are therefore broken deterministically by position.
 
+The usual route (:func:`smallest_magnitude_masks`) does 2 and 3 in a single pass: it writes
+``|x| >= lo`` as provisional masks while gathering the bracket's values with their positions, then
+corrects only those positions once ``t`` is known. On CPU float32/float64 tensors that pass is one fused
+compiled loop (:mod:`.band_scan`); elsewhere (CUDA, half precision) it is a few torch ops per chunk.
+Order statistics of the sample and of the candidates come from numpy's introselect on the CPU.
+
 Units: ``k`` is a number of elements; masks are ``torch.bool`` with True = kept. Half-precision
 tensors are ranked through exact float32 upcasts, so the result does not depend on dtype or device.
 
 Threads: each pass handles its CPU tensors on ``torch.get_num_threads()`` Python threads, each running
-its torch ops single-threaded (:func:`_per_tensor`), rather than running every small op on torch's
-intra-op pool. A pool op is an OpenMP parallel region whose threads spin at its barrier: when other
+its torch ops single-threaded or the GIL-free compiled scan (:func:`_per_tensor`), rather than running
+every small op on torch's intra-op pool. A pool op is an OpenMP parallel region whose threads spin at its barrier: when other
 processes (data-loader workers, another job) hold the cores, hundreds of such regions each wait for a
 descheduled thread, and a 60 ms selection took seconds. Independent threads are simply descheduled and
 resumed; results are combined in tensor order, so masks and counts do not depend on the thread count.
@@ -32,7 +38,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -72,9 +78,10 @@ def _single_threaded_ops() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _per_tensor(tensors: Sequence[torch.Tensor], scan: Callable[[int], _R]) -> list[_R]:
-    """``[scan(0), scan(1), ...]``: on ``torch.get_num_threads()`` Python threads with single-threaded torch ops
-    when the tensors are on the CPU, many and large enough, else one after the other on this thread.
+def _per_tensor(tensors: Sequence[torch.Tensor], scan: Callable[[int], _R], torch_ops: bool = True) -> list[_R]:
+    """``[scan(0), scan(1), ...]``: on ``torch.get_num_threads()`` Python threads when the tensors are on the
+    CPU, many and large enough, else one after the other on this thread. With ``torch_ops`` (the scans run
+    torch kernels) torch's intra-op pool is set to one thread meanwhile; without, it is left alone.
 
     ``scan(i)`` must only read shared state and write what belongs to tensor ``i``; results come back in
     tensor order whatever the scheduling (the largest tensors are started first, for balance).
@@ -84,7 +91,7 @@ def _per_tensor(tensors: Sequence[torch.Tensor], scan: Callable[[int], _R]) -> l
             or any(t.device.type != "cpu" for t in tensors)):
         return [scan(i) for i in range(len(tensors))]
     order = sorted(range(len(tensors)), key=lambda i: -tensors[i].numel())
-    with _single_threaded_ops(), ThreadPoolExecutor(max_workers=threads) as pool:
+    with _single_threaded_ops() if torch_ops else nullcontext(), ThreadPoolExecutor(max_workers=threads) as pool:
         futures = {i: pool.submit(scan, i) for i in order}
         return [futures[i].result() for i in range(len(tensors))]
 
@@ -419,7 +426,7 @@ def _masks_in_one_pass(
         _check_finite(magnitude_sum, tensor, names[i])
         return tensor.numel() - int(kept), values, positions
 
-    scanned = _per_tensor(tensors, scan)
+    scanned = _per_tensor(tensors, scan, torch_ops=not all(band_scan.supports(t, work) for t in tensors))
     if any(result is None for result in scanned):
         return False
     count_lo = sum(result[0] for result in scanned)
