@@ -175,16 +175,14 @@ def _sample(tensors: Sequence[torch.Tensor], total: int, work: torch.dtype) -> t
     return torch.cat(parts)
 
 
-def _order_statistics(values: torch.Tensor, ranks: Sequence[int]) -> list[float]:
-    """The values of 1-D ``values`` at 0-based ``ranks`` of its ascending order (numpy's introselect on
-    the CPU, several times faster than ``torch.kthvalue`` or ``sort`` there)."""
+def _order_statistics(values: torch.Tensor | np.ndarray, ranks: Sequence[int]) -> list[float]:
+    """The values of 1-D ``values`` at 0-based ``ranks`` of its ascending order, by numpy's introselect (on the
+    host: the populations ranked here are small, and numpy runs no thread pool that could spin under load)."""
     if not ranks:
         return []
-    if values.device.type == "cpu":
-        selected = np.partition(values.numpy(), list(ranks))
-        return [float(selected[rank]) for rank in ranks]
-    ordered = values.sort().values
-    return [float(ordered[rank]) for rank in ranks]
+    host = values.cpu().numpy() if isinstance(values, torch.Tensor) else values
+    selected = np.partition(host, list(ranks))
+    return [float(selected[rank]) for rank in ranks]
 
 
 def _bracket_pass(
@@ -228,12 +226,13 @@ def _bracket_pass(
     return count_lo, count_lo + count_inside, values
 
 
-def _threshold_from_candidates(candidates: torch.Tensor, below_candidates: int, k: int) -> Threshold:
+def _threshold_from_candidates(candidates: torch.Tensor | np.ndarray, below_candidates: int, k: int) -> Threshold:
     """Exact threshold when ``candidates`` holds every magnitude in the bracket that contains rank k."""
+    host = candidates.cpu().numpy() if isinstance(candidates, torch.Tensor) else candidates
     rank_in_candidates = k - below_candidates  # 1-based rank of the k-th smallest among candidates
-    value = _order_statistics(candidates, [rank_in_candidates - 1])[0]
-    below = below_candidates + int(torch.count_nonzero(candidates < value))
-    ties_total = int(torch.count_nonzero(candidates == value))
+    value = _order_statistics(host, [rank_in_candidates - 1])[0]
+    below = below_candidates + int(np.count_nonzero(host < value))
+    ties_total = int(np.count_nonzero(host == value))
     return Threshold(value, below, k - below, ties_total, k)
 
 
@@ -421,29 +420,38 @@ def _masks_in_one_pass(
             index = _true_positions(inside)
             if not room(index.numel()):
                 return None
-            values.append(mag[index])
-            positions.append(start + index)
+            values.append(mag[index].cpu().numpy())
+            positions.append((start + index).cpu().numpy())
         _check_finite(magnitude_sum, tensor, names[i])
         return tensor.numel() - int(kept), values, positions
 
     scanned = _per_tensor(tensors, scan, torch_ops=not all(band_scan.supports(t, work) for t in tensors))
     if any(result is None for result in scanned):
         return False
+    # From here on only the gathered candidates are touched, with numpy on the host (no torch thread pool).
     count_lo = sum(result[0] for result in scanned)
-    gathered = [(i, torch.cat(result[1]), torch.cat(result[2])) for i, result in enumerate(scanned) if result[1]]
-    if not count_lo < k <= count_lo + sum(value.numel() for _, value, _ in gathered):
+    gathered = [(i, np.concatenate(values), np.concatenate(positions))
+                for i, (_, values, positions) in enumerate(scanned) if values]
+    if not count_lo < k <= count_lo + sum(value.size for _, value, _ in gathered):
         return False
-    device = tensors[0].device
-    threshold = _threshold_from_candidates(torch.cat([value.to(device) for _, value, _ in gathered]), count_lo, k)
+    threshold = _threshold_from_candidates(np.concatenate([value for _, value, _ in gathered]), count_lo, k)
     ties_left = threshold.ties_pruned
     for i, value, index in gathered:
         prune = value < threshold.value
         if ties_left:
-            ties = torch.nonzero(value == threshold.value).squeeze(1)[:ties_left]
+            ties = np.flatnonzero(value == threshold.value)[:ties_left]
             prune[ties] = True
-            ties_left -= ties.numel()
-        masks[i].view(-1)[index[prune]] = False
+            ties_left -= ties.size
+        _clear(masks[i], index[prune])
     return True
+
+
+def _clear(mask: torch.Tensor, flat_positions: np.ndarray) -> None:
+    """``mask.view(-1)[flat_positions] = False`` (through numpy for a CPU mask)."""
+    if mask.device.type == "cpu":
+        mask.view(-1).numpy()[flat_positions] = False
+    else:
+        mask.view(-1)[torch.from_numpy(flat_positions).to(mask.device)] = False
 
 
 def smallest_magnitude_masks(
