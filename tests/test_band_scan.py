@@ -35,7 +35,7 @@ def scans(draw):
 def test_fused_scan_equals_torch(case):
     tensor, lo, hi, chunk = case
     mask = torch.empty(tensor.shape, dtype=torch.bool)
-    found = band_scan.scan_chunks(tensor, mask, tensor.dtype, lo, hi, chunk, lambda n: True)
+    found = band_scan.scan_chunks(tensor, tensor.dtype, lo, hi, chunk, lambda n: True, mask)
     magnitudes = tensor.abs()
     assert torch.equal(mask, magnitudes >= lo)
     assert found.kept == int((magnitudes >= lo).sum())
@@ -52,7 +52,7 @@ def test_fused_scan_equals_torch(case):
 def test_fused_scan_reads_non_contiguous_tensors_in_flat_order():
     tensor = torch.randn(70, 90).t()  # a transposed view
     mask = torch.empty(tensor.shape, dtype=torch.bool)
-    found = band_scan.scan_chunks(tensor, mask, torch.float32, 0.5, 0.6, 1000, lambda n: True)
+    found = band_scan.scan_chunks(tensor, torch.float32, 0.5, 0.6, 1000, lambda n: True, mask)
     flat = tensor.reshape(-1).abs()
     assert torch.equal(mask, tensor.abs() >= 0.5)
     assert torch.equal(torch.from_numpy(np.concatenate(found.positions)),
@@ -63,22 +63,29 @@ def test_fused_scan_reads_non_contiguous_tensors_in_flat_order():
 def test_fused_scan_flags_non_finite(bad):
     tensor = torch.randn(1000, dtype=torch.float64)
     tensor[777] = bad
-    found = band_scan.scan_chunks(tensor, torch.empty(1000, dtype=torch.bool), torch.float64, 0.1, 0.2, 256,
+    found = band_scan.scan_chunks(tensor, torch.float64, 0.1, 0.2, 256,
                                   lambda n: True)
     assert not found.finite
 
 
-def test_fused_scan_stops_when_the_gather_budget_says_no():
+def test_fused_scan_drops_what_the_gather_budget_refuses_and_keeps_counting():
     asked = []
 
     def room(n):
         asked.append(n)
-        return len(asked) < 2
+        return len(asked) != 2
 
     tensor = torch.randn(1000)
-    assert band_scan.scan_chunks(tensor, torch.empty(1000, dtype=torch.bool), torch.float32, 0.0, math.inf, 300,
-                                 room) is None
-    assert asked == [300, 300]  # stopped after the second chunk
+    found = band_scan.scan_chunks(tensor, torch.float32, 0.0, math.inf, 300, room)
+    assert asked == [300, 300, 300, 100]
+    assert not found.complete and found.found == 1000 and found.kept == 1000
+    assert [p[0] for p in found.positions] == [0, 600, 900]  # the second chunk's values were dropped
+
+
+def test_fused_scan_without_a_mask_only_counts():
+    tensor = torch.tensor([0.0, -0.0, 1e-45, 0.5, -0.5, 2.0] * 50)
+    found = band_scan.scan_chunks(tensor, torch.float32, 0.5, 0.75, 64, lambda n: False)
+    assert (found.kept, found.found, found.values, found.complete) == (150, 100, [], False)
 
 
 def test_only_cpu_float32_and_float64_at_their_own_precision_are_fused():
@@ -165,3 +172,33 @@ def test_fused_scans_leave_torch_thread_count_alone(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def tiny_general_passes(monkeypatch):
+    """Small enough that find_threshold brackets, bisects and takes the single-value path on small data."""
+    monkeypatch.setattr(selection, "CHUNK", 64)
+    monkeypatch.setattr(selection, "SAMPLE", 32)
+    monkeypatch.setattr(selection, "SMALL", 16)
+    monkeypatch.setattr(selection, "COLLECT_LIMIT", 40)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the patches are constant
+@given(populations())
+def test_fused_and_torch_general_passes_agree(tiny_general_passes, monkeypatch, case):
+    """find_threshold (bracket and counting passes), masks_from_threshold and pruned_counts_from_threshold give the
+    same threshold, masks and counts through the fused scan and through torch ops."""
+    tensors, k = case
+
+    def general(tensors, k):
+        threshold = selection.find_threshold(tensors, k)
+        masks = selection.masks_from_threshold(tensors, threshold)
+        return threshold, masks, selection.pruned_counts_from_threshold(tensors, threshold)
+
+    fused = general(tensors, k)
+    with monkeypatch.context() as patch:
+        patch.setattr(band_scan, "supports", lambda tensor, work: False)
+        plain = general(tensors, k)
+    assert fused[0] == plain[0] and fused[2] == plain[2]
+    for a, b, want in zip(fused[1], plain[1], reference_keep_masks(tensors, k)):
+        assert torch.equal(a, want) and torch.equal(b, want)

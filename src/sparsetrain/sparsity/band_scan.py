@@ -106,45 +106,55 @@ def key_of(value: float, work: torch.dtype) -> int:
 
 @dataclass
 class BandScan:
-    """What one tensor's pass found: ``values`` (numpy arrays of magnitudes, dtype ``work``) at flat
-    ``positions`` (int64 arrays), one pair per chunk that had any, in index order."""
+    """What one tensor's pass found: ``kept`` elements at or above ``lo``, ``found`` inside ``[lo, hi)``, of which
+    ``values`` (numpy arrays of magnitudes, dtype ``work``) at flat ``positions`` (int64 arrays) were kept, one
+    pair per chunk, in index order; ``complete`` when none was dropped."""
 
     kept: int
+    found: int
     values: list[np.ndarray]
     positions: list[np.ndarray]
+    complete: bool
     finite: bool
 
 
 def scan_chunks(
-    tensor: torch.Tensor, mask: torch.Tensor, work: torch.dtype, lo: float, hi: float, chunk: int,
-    room: Callable[[int], bool],
-) -> BandScan | None:
-    """Write ``mask = |tensor| >= lo`` and gather the magnitudes in ``[lo, hi)`` with their flat positions.
+    tensor: torch.Tensor, work: torch.dtype, lo: float, hi: float, chunk: int, room: Callable[[int], bool],
+    mask: torch.Tensor | None = None,
+) -> BandScan:
+    """Count ``|tensor| >= lo`` (written to ``mask`` if given) and gather the magnitudes in ``[lo, hi)`` with their
+    flat positions.
 
-    ``chunk`` elements are scanned per call; after each, ``room(found)`` is asked whether ``found`` more
-    gathered values are allowed (a shared budget); when it says no, None is returned at once.
-    ``finite`` is False when the tensor holds NaN or inf (the mask is then meaningless).
+    ``chunk`` elements are scanned per call; after each, ``room(n)`` is asked whether its ``n`` gathered values
+    may be kept (a shared budget): when it says no they are dropped, and the scan goes on counting.
+    ``finite`` is False when the tensor holds NaN or inf (counts and mask are then meaningless).
     """
     key_dtype = _KEY_DTYPE[work]
     magnitude_dtype = np.float32 if work == torch.float32 else np.float64
     bits = tensor.detach().reshape(-1).view(key_dtype).numpy()
-    keep = mask.view(-1).view(torch.uint8).numpy()
+    size = bits.shape[0]
+    keep = mask.view(-1).view(torch.uint8).numpy() if mask is not None else None
+    scratch = np.empty(min(chunk, size), dtype=np.uint8) if keep is None else None  # flags nobody reads
     sign_off = bits.dtype.type(_SIGN_OFF[work])
     lo_key, hi_key = bits.dtype.type(key_of(lo, work)), bits.dtype.type(key_of(hi, work))
-    size = bits.shape[0]
     positions = np.empty(min(chunk, size), dtype=np.int64)
     keys = np.empty(min(chunk, size), dtype=bits.dtype)
-    kept, top = 0, 0
-    values, where = [], []
+    result = BandScan(0, 0, [], [], True, True)
+    top = 0
     for start in range(0, size, chunk):
         end = min(start + chunk, size)
-        kept_here, found, top_here = _scan(bits[start:end], sign_off, lo_key, hi_key, keep[start:end],
-                                           positions, keys, start, _DEBRUIJN_INDEX)
-        kept += int(kept_here)
-        top = max(top, int(top_here))
-        if not room(int(found)):
-            return None
-        if found:
-            values.append(keys[:found].view(magnitude_dtype).copy())
-            where.append(positions[:found].copy())
-    return BandScan(kept, values, where, top < key_of(float("inf"), work))
+        flags = keep[start:end] if keep is not None else scratch[: end - start]
+        kept, found, chunk_top = _scan(bits[start:end], sign_off, lo_key, hi_key, flags, positions, keys, start,
+                                       _DEBRUIJN_INDEX)
+        result.kept += int(kept)
+        result.found += int(found)
+        top = max(top, int(chunk_top))
+        if not found:
+            continue
+        if room(int(found)):
+            result.values.append(keys[:found].view(magnitude_dtype).copy())
+            result.positions.append(positions[:found].copy())
+        else:
+            result.complete = False
+    result.finite = top < key_of(float("inf"), work)
+    return result

@@ -31,7 +31,7 @@ from .errors import SparsityError, check_sparsity
 from .masks import MaskSet
 from .patterns import check_pattern_method, check_pattern_sparsity, parse_pattern, pattern_masks
 from .random_masks import random_masks
-from .selection import find_threshold, masks_from_threshold, per_tensor_smallest_magnitude_masks
+from .selection import per_tensor_smallest_magnitude_masks, smallest_magnitude_masks
 from .targets import Selector, Target, parameter_count, select_targets
 
 METHODS = ("gp", "gpmt", "uniform", "erk", "profile", "random")
@@ -95,8 +95,7 @@ def budget_masks(
         return pattern_masks(tensors, pattern, sparsity, method, names)  # type: ignore[arg-type]
 
     if method == "gp":
-        threshold = find_threshold(tensors, budgets.count_for(sum(numels), sparsity), names)
-        masks = masks_from_threshold(tensors, threshold)
+        masks = smallest_magnitude_masks(tensors, budgets.count_for(sum(numels), sparsity), names)
         counts = [n - int(m.sum()) for n, m in zip(numels, masks)]
     else:
         if method == "gpmt":

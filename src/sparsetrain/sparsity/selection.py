@@ -187,43 +187,62 @@ def _order_statistics(values: torch.Tensor | np.ndarray, ranks: Sequence[int]) -
 
 def _bracket_pass(
     tensors: Sequence[torch.Tensor], names: list[str], work: torch.dtype, lo: float, hi: float
-) -> tuple[int, int, torch.Tensor | None]:
+) -> tuple[int, int, np.ndarray | None]:
     """``(count below lo, count below hi, magnitudes in [lo, hi))`` in one pass.
 
     The gathered magnitudes are dropped (None) once there would be more than ``COLLECT_LIMIT``.
     Also checks that the tensors are finite.
     """
-    gathered_total = [0]  # over all threads, under the lock: past COLLECT_LIMIT nothing more is kept
-    lock = threading.Lock()
+    room = _GatherBudget()
 
-    def scan(i: int) -> tuple[int, int, list[torch.Tensor]]:
+    def scan(i: int) -> tuple[int, int, list[np.ndarray]]:
+        tensor = tensors[i]
+        if band_scan.supports(tensor, work):
+            fused = band_scan.scan_chunks(tensor, work, lo, hi, CHUNK, room)
+            if not fused.finite:
+                raise _not_finite(names[i])
+            return tensor.numel() - fused.kept, fused.found, fused.values
         below = inside_count = 0
         inside_parts = []
-        magnitude_sum = torch.zeros((), dtype=work, device=tensors[i].device)
-        for _, mag in _magnitude_chunks(tensors[i], work):
+        magnitude_sum = torch.zeros((), dtype=work, device=tensor.device)
+        for _, mag in _magnitude_chunks(tensor, work):
             magnitude_sum += mag.sum()
             below_lo = mag < lo
             below += int(torch.count_nonzero(below_lo))
             inside = (mag < hi) ^ below_lo  # below lo implies below hi
             count = int(torch.count_nonzero(inside))
             inside_count += count
-            with lock:
-                gathered_total[0] += count
-                keep = gathered_total[0] <= COLLECT_LIMIT
-            if keep and count:
-                inside_parts.append(mag[inside])
-        _check_finite(magnitude_sum, tensors[i], names[i])
+            if count and room(count):
+                inside_parts.append(mag[inside].cpu().numpy())
+        _check_finite(magnitude_sum, tensor, names[i])
         return below, inside_count, inside_parts
 
-    scanned = _per_tensor(tensors, scan)
+    scanned = _per_tensor(tensors, scan, torch_ops=_needs_torch_ops(tensors, work))
     count_lo = sum(below for below, _, _ in scanned)
     count_inside = sum(count for _, count, _ in scanned)
-    inside = [part for _, _, parts in scanned for part in parts]
     if count_inside > COLLECT_LIMIT:
         return count_lo, count_lo + count_inside, None
-    device = tensors[0].device
-    values = torch.cat([g.to(device) for g in inside]) if inside else torch.empty(0, dtype=work, device=device)
-    return count_lo, count_lo + count_inside, values
+    inside = [part for _, _, parts in scanned for part in parts]
+    return count_lo, count_lo + count_inside, np.concatenate(inside) if inside else np.empty(0)
+
+
+class _GatherBudget:
+    """``room(n)``: whether ``n`` more gathered values fit under ``COLLECT_LIMIT`` over all scanning threads (the
+    ``n`` are counted either way, so once it says no it keeps saying no)."""
+
+    def __init__(self) -> None:
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, count: int) -> bool:
+        with self._lock:
+            self._total += count
+            return self._total <= COLLECT_LIMIT
+
+
+def _needs_torch_ops(tensors: Sequence[torch.Tensor], work: torch.dtype) -> bool:
+    """Whether some tensor is scanned with torch kernels rather than the fused scan."""
+    return not all(band_scan.supports(t, work) for t in tensors)
 
 
 def _threshold_from_candidates(candidates: torch.Tensor | np.ndarray, below_candidates: int, k: int) -> Threshold:
@@ -315,12 +334,16 @@ def masks_from_threshold(
     masks = _output_masks(tensors, out)
 
     def write(i: int) -> None:
+        if band_scan.supports(tensors[i], work):  # |x| > t is |x| >= the next value up
+            keep_from = _next_up(value, work) if all_ties_pruned else value
+            band_scan.scan_chunks(tensors[i], work, keep_from, keep_from, CHUNK, _no_room, masks[i])
+            return
         flat = masks[i].view(-1)
         for start, mag in _magnitude_chunks(tensors[i], work):
             dest = flat[start : start + mag.numel()]
             (torch.gt if all_ties_pruned else torch.ge)(mag, value, out=dest)
 
-    _per_tensor(tensors, write)
+    _per_tensor(tensors, write, torch_ops=_needs_torch_ops(tensors, work))
     ties_left = 0 if all_ties_pruned else threshold.ties_pruned
     for tensor, mask in zip(tensors, masks):  # only the first ties_left elements equal to t, in order
         if ties_left == 0:
@@ -341,6 +364,10 @@ def pruned_counts_from_threshold(tensors: Sequence[torch.Tensor], threshold: Thr
     count_ties = threshold.ties_pruned > 0
 
     def scan(i: int) -> tuple[int, int]:
+        if band_scan.supports(tensors[i], work):  # ties are [t, next up) when counted, else an empty band
+            band_end = _next_up(threshold.value, work) if count_ties else threshold.value
+            fused = band_scan.scan_chunks(tensors[i], work, threshold.value, band_end, CHUNK, _no_room)
+            return tensors[i].numel() - fused.kept, fused.found
         below = ties = 0
         for _, mag in _magnitude_chunks(tensors[i], work):
             below += int(torch.count_nonzero(mag < threshold.value))
@@ -350,11 +377,16 @@ def pruned_counts_from_threshold(tensors: Sequence[torch.Tensor], threshold: Thr
 
     ties_left = threshold.ties_pruned
     counts = []
-    for below, ties in _per_tensor(tensors, scan):
+    for below, ties in _per_tensor(tensors, scan, torch_ops=_needs_torch_ops(tensors, work)):
         tie_share = min(ties, ties_left)
         ties_left -= tie_share
         counts.append(below + tie_share)
     return counts
+
+
+def _no_room(count: int) -> bool:
+    """A gather budget of zero: counting passes keep no values."""
+    return False
 
 
 def _output_masks(tensors: Sequence[torch.Tensor], out: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
@@ -388,23 +420,15 @@ def _masks_in_one_pass(
     are corrected. Returns False (masks then hold garbage) when the bracket missed or would gather
     more than ``COLLECT_LIMIT`` values; the caller then takes the general path.
     """
-    gathered_total = [0]  # over all threads, under the lock
-    lock = threading.Lock()
+    room = _GatherBudget()
 
-    def room(found: int) -> bool:
-        with lock:
-            gathered_total[0] += found
-            return gathered_total[0] <= COLLECT_LIMIT
-
-    def scan(i: int) -> tuple[int, list[torch.Tensor], list[torch.Tensor]] | None:
+    def scan(i: int) -> tuple[int, list[np.ndarray], list[np.ndarray]] | None:
         tensor, flat = tensors[i], masks[i].view(-1)
         if band_scan.supports(tensor, work):
-            fused = band_scan.scan_chunks(tensor, masks[i], work, lo, hi, CHUNK, room)
-            if fused is None:
-                return None
+            fused = band_scan.scan_chunks(tensor, work, lo, hi, CHUNK, room, masks[i])
             if not fused.finite:
                 raise _not_finite(names[i])
-            return tensor.numel() - fused.kept, fused.values, fused.positions
+            return (tensor.numel() - fused.kept, fused.values, fused.positions) if fused.complete else None
         kept = torch.zeros((), dtype=torch.int64, device=tensor.device)
         magnitude_sum = torch.zeros((), dtype=work, device=tensor.device)
         values, positions = [], []
@@ -425,7 +449,7 @@ def _masks_in_one_pass(
         _check_finite(magnitude_sum, tensor, names[i])
         return tensor.numel() - int(kept), values, positions
 
-    scanned = _per_tensor(tensors, scan, torch_ops=not all(band_scan.supports(t, work) for t in tensors))
+    scanned = _per_tensor(tensors, scan, torch_ops=_needs_torch_ops(tensors, work))
     if any(result is None for result in scanned):
         return False
     # From here on only the gathered candidates are touched, with numpy on the host (no torch thread pool).
