@@ -1,5 +1,6 @@
-"""One fused pass over a CPU tensor's magnitudes: provisional keep-mask, count, finiteness and the few values
-inside a bracket, with their positions.
+"""One fused pass over a CPU tensor's magnitudes: keep flags at or above a bound and their count, finiteness,
+and the few values inside a bracket with their positions. Every pass of ``selection.py`` (bracket counts,
+the one-pass masks, mask writing, pruned counts) is this pass with different bounds.
 
 Written by hand (compiled with numba) because torch has no fused form of it: in torch each step (``abs``,
 ``>=``, a second comparison, ``&``, ``nonzero``, ``sum``) is a separate kernel that reads and writes the whole
@@ -100,8 +101,14 @@ def supports(tensor: torch.Tensor, work: torch.dtype) -> bool:
 
 
 def key_of(value: float, work: torch.dtype) -> int:
-    """The integer key of a non-negative value of dtype ``work`` (``inf`` included)."""
+    """The integer key (bit pattern) of a non-negative value of dtype ``work``, float32 or float64 (``inf``
+    included): keys order like the values, and consecutive keys are consecutive representable values."""
     return int(torch.tensor(value, dtype=work).view(_KEY_DTYPE[work]).item())
+
+
+def value_of(key: int, work: torch.dtype) -> float:
+    """The value of dtype ``work`` whose key is ``key`` (inverse of :func:`key_of`)."""
+    return float(torch.tensor(key, dtype=_KEY_DTYPE[work]).view(work).item())
 
 
 @dataclass

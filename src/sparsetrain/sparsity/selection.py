@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from . import band_scan
+from .band_scan import key_of, value_of
 from .errors import SparsityError
 
 CHUNK = 1 << 18
@@ -115,21 +116,9 @@ def _work_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _bits_dtype(work: torch.dtype) -> torch.dtype:
-    return torch.int64 if work == torch.float64 else torch.int32
-
-
-def _to_bits(value: float, work: torch.dtype) -> int:
-    return int(torch.tensor(value, dtype=work).view(_bits_dtype(work)).item())
-
-
-def _from_bits(bits: int, work: torch.dtype) -> float:
-    return float(torch.tensor(bits, dtype=_bits_dtype(work)).view(work).item())
-
-
 def _next_up(value: float, work: torch.dtype) -> float:
     """The smallest value of dtype ``work`` above ``value`` (non-negative finite input)."""
-    return _from_bits(_to_bits(value, work) + 1, work)
+    return value_of(key_of(value, work) + 1, work)
 
 
 def _magnitude_chunks(
@@ -307,14 +296,14 @@ def find_threshold(
     else:
         lo, lo_count = guess_hi, count_hi
 
-    lo_bits, hi_bits = _to_bits(lo, work), _to_bits(hi, work)
+    lo_bits, hi_bits = key_of(lo, work), key_of(hi, work)
     while hi_bits - lo_bits > 1 and hi_count - lo_count > COLLECT_LIMIT:
-        mid = _from_bits((lo_bits + hi_bits) // 2, work)
+        mid = value_of((lo_bits + hi_bits) // 2, work)
         count_mid, _, _ = _bracket_pass(tensors, names, work, mid, mid)  # an empty bracket: a count only
         if count_mid < k:
-            lo, lo_count, lo_bits = mid, count_mid, _to_bits(mid, work)
+            lo, lo_count, lo_bits = mid, count_mid, key_of(mid, work)
         else:
-            hi, hi_count, hi_bits = mid, count_mid, _to_bits(mid, work)
+            hi, hi_count, hi_bits = mid, count_mid, key_of(mid, work)
     if hi_bits - lo_bits == 1:  # the bracket holds the single value lo: all of it is ties
         return Threshold(lo, lo_count, k - lo_count, hi_count - lo_count, k)
     _, _, gathered = _bracket_pass(tensors, names, work, lo, hi)
