@@ -1,6 +1,8 @@
 """The fused magnitude scan (numba) against plain torch, and the selection's two scan paths against each other."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -202,3 +204,23 @@ def test_fused_and_torch_general_passes_agree(tiny_general_passes, monkeypatch, 
     assert fused[0] == plain[0] and fused[2] == plain[2]
     for a, b, want in zip(fused[1], plain[1], reference_keep_masks(tensors, k)):
         assert torch.equal(a, want) and torch.equal(b, want)
+
+
+def test_without_numba_selection_takes_the_torch_path(tmp_path):
+    """With numba not importable (a source checkout on PYTHONPATH without the dependencies) nothing is fused and
+    the masks are the same."""
+    code = """
+import sys
+sys.modules["numba"] = None  # import numba raises ImportError
+import torch
+from sparsetrain.sparsity import band_scan, smallest_magnitude_masks
+assert band_scan.numba is None and not band_scan.supports(torch.zeros(3), torch.float32)
+g = torch.Generator().manual_seed(0)
+tensors = [torch.randn(90_000, generator=g), torch.randn(300, 100, generator=g)]
+torch.save(smallest_magnitude_masks(tensors, 100_000), sys.argv[1])
+"""
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "masks.pt")], check=True)
+    masks = torch.load(tmp_path / "masks.pt", weights_only=True)
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(90_000, generator=g), torch.randn(300, 100, generator=g)]
+    assert all(torch.equal(a, b) for a, b in zip(masks, reference_keep_masks(tensors, 100_000)))

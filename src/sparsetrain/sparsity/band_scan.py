@@ -10,7 +10,9 @@ inside the bracket are found from a 64-bit hit word per block of 64 elements.
 
 Magnitudes are compared as integers: for IEEE floats, ``bits & ~sign`` orders exactly like ``|x|`` (NaN and
 inf have the largest keys), so no ``abs()`` copy is made. Only float32 and float64 tensors on the CPU take this
-path (:func:`supports`); everything else goes through the torch ops in ``selection.py``, with the same result.
+path (:func:`supports`); everything else goes through the torch ops in ``selection.py``, with the same result,
+as does everything when numba is not importable (a source checkout on ``PYTHONPATH`` without the dependencies,
+as ``bench/throughput.py`` runs on a lent GPU machine).
 
 The kernels compile on first use and numba caches them on disk where it can write; the first call in a
 process then costs about 0.3 s (loading the cached code), or about 1 s when it has to compile.
@@ -21,9 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
+
+try:
+    import numba
+except ImportError:  # a source checkout run without the installed dependencies (PYTHONPATH=src): torch ops serve
+    numba = None
 
 BLOCK = 64
 """Elements per hit word (bits of a uint64)."""
@@ -41,6 +47,8 @@ for _bit in range(64):
 def _compiled(function):
     """``numba.njit`` releasing the GIL (scans run on several Python threads), cached on disk where numba finds
     a writable cache directory (next to this file, or the user's cache); compiled per process otherwise."""
+    if numba is None:
+        return None
     try:
         return numba.njit(nogil=True, cache=True, boundscheck=False)(function)
     except RuntimeError:  # "cannot cache function ...: no locator available" (read-only install and home)
@@ -97,7 +105,7 @@ def _scan(bits, sign_off, lo, hi, keep, positions, keys, start, table):
 
 def supports(tensor: torch.Tensor, work: torch.dtype) -> bool:
     """Whether :func:`scan_chunks` handles ``tensor`` ranked in dtype ``work``."""
-    return tensor.device.type == "cpu" and tensor.dtype == work and work in _KEY_DTYPE
+    return numba is not None and tensor.device.type == "cpu" and tensor.dtype == work and work in _KEY_DTYPE
 
 
 def key_of(value: float, work: torch.dtype) -> int:
