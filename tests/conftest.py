@@ -52,6 +52,17 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def tiny_passes(monkeypatch):
+    """Selection's chunk, sample and gather sizes shrunk so every code path runs on small data."""
+    from sparsetrain.sparsity import selection
+
+    monkeypatch.setattr(selection, "CHUNK", 64)
+    monkeypatch.setattr(selection, "SAMPLE", 32)
+    monkeypatch.setattr(selection, "SMALL", 16)
+    monkeypatch.setattr(selection, "COLLECT_LIMIT", 40)
+
+
 def write_config(tmp_path: Path, name: str, config: dict, merge: dict | None = None) -> Path:
     """``config`` with each top-level section of ``merge`` merged into it (keys replaced), written as
     ``tmp_path/<name>.yaml``."""

@@ -176,18 +176,9 @@ def test_fused_scans_leave_torch_thread_count_alone(monkeypatch):
         torch.set_num_threads(previous)
 
 
-@pytest.fixture
-def tiny_general_passes(monkeypatch):
-    """Small enough that find_threshold brackets, bisects and takes the single-value path on small data."""
-    monkeypatch.setattr(selection, "CHUNK", 64)
-    monkeypatch.setattr(selection, "SAMPLE", 32)
-    monkeypatch.setattr(selection, "SMALL", 16)
-    monkeypatch.setattr(selection, "COLLECT_LIMIT", 40)
-
-
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the patches are constant
 @given(populations())
-def test_fused_and_torch_general_passes_agree(tiny_general_passes, monkeypatch, case):
+def test_fused_and_torch_general_passes_agree(tiny_passes, monkeypatch, case):
     """find_threshold (bracket and counting passes), masks_from_threshold and pruned_counts_from_threshold give the
     same threshold, masks and counts through the fused scan and through torch ops."""
     tensors, k = case

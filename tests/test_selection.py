@@ -45,15 +45,6 @@ def test_small_populations_match_stable_sort_reference(case):
     _assert_matches_reference(tensors, k)
 
 
-@pytest.fixture
-def tiny_passes(monkeypatch):
-    """Shrink the chunk, sample and gather sizes so every code path runs on small data."""
-    monkeypatch.setattr(selection, "CHUNK", 64)
-    monkeypatch.setattr(selection, "SAMPLE", 32)
-    monkeypatch.setattr(selection, "SMALL", 16)
-    monkeypatch.setattr(selection, "COLLECT_LIMIT", 40)
-
-
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the patch is constant
 @given(populations())
 def test_bracketing_and_bisection_paths_match_reference(tiny_passes, case):
