@@ -19,16 +19,16 @@ The usual route (:func:`smallest_magnitude_masks`) does 2 and 3 in a single pass
 ``|x| >= lo`` as provisional masks while gathering the bracket's values with their positions, then
 corrects only those positions once ``t`` is known. On CPU float32/float64 tensors that pass is one fused
 compiled loop (:mod:`.band_scan`); elsewhere (CUDA, half precision) it is a few torch ops per chunk.
-Order statistics of the sample and of the candidates come from numpy's introselect on the CPU.
+Order statistics of the sample and of the candidates, and the correction, run in numpy on the host.
 
 Units: ``k`` is a number of elements; masks are ``torch.bool`` with True = kept. Half-precision
 tensors are ranked through exact float32 upcasts, so the result does not depend on dtype or device.
 
 Threads: each pass handles its CPU tensors on ``torch.get_num_threads()`` Python threads, each running
-its torch ops single-threaded or the GIL-free compiled scan (:func:`_per_tensor`), rather than running
-every small op on torch's intra-op pool. A pool op is an OpenMP parallel region whose threads spin at its barrier: when other
-processes (data-loader workers, another job) hold the cores, hundreds of such regions each wait for a
-descheduled thread, and a 60 ms selection took seconds. Independent threads are simply descheduled and
+the GIL-free compiled scan or its torch ops single-threaded (:func:`_per_tensor`), rather than running
+every small op on torch's intra-op pool. A pool op is an OpenMP parallel region whose threads spin at
+its barrier: when other processes (data-loader workers, another job) hold the cores, hundreds of such
+regions each wait for a descheduled thread, and a 60 ms selection took seconds. Independent threads are simply descheduled and
 resumed; results are combined in tensor order, so masks and counts do not depend on the thread count.
 """
 
