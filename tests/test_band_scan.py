@@ -215,3 +215,19 @@ torch.save(smallest_magnitude_masks(tensors, 100_000), sys.argv[1])
     g = torch.Generator().manual_seed(0)
     tensors = [torch.randn(90_000, generator=g), torch.randn(300, 100, generator=g)]
     assert all(torch.equal(a, b) for a, b in zip(masks, reference_keep_masks(tensors, 100_000)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tensors_take_the_torch_path_with_the_same_masks():
+    g = torch.Generator().manual_seed(2)
+    tensors = [torch.randn(300_000, generator=g), torch.randn(500, 300, generator=g), torch.randn(70, generator=g)]
+    for t in tensors[:2]:
+        t[:5000] = 0.125  # ties straddling some thresholds
+    total = sum(t.numel() for t in tensors)
+    for k in (1, 5000, total // 2, round(0.9 * total)):
+        on_gpu = smallest_magnitude_masks([t.cuda() for t in tensors], k)
+        assert all(m.is_cuda for m in on_gpu)
+        threshold = selection.find_threshold([t.cuda() for t in tensors], k)
+        assert threshold == selection.find_threshold(tensors, k)
+        for a, b in zip(on_gpu, smallest_magnitude_masks(tensors, k)):
+            assert torch.equal(a.cpu(), b)
