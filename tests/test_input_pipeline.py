@@ -87,12 +87,50 @@ def test_persistent_workers_draw_what_fresh_workers_draw():
             assert torch.equal(a, b)
 
 
-def test_worker_options_train_exactly_like_the_main_process(tmp_path, one_thread):
+def _metrics(run_dir) -> list[dict]:
+    import json
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"}  # wall time differs
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_worker_options_train_exactly_like_the_main_process(tmp_path, one_thread, monkeypatch):
+    evaluated_by = []
+    real = ClassificationTask.eval_batches
+
+    def recording(self, model, loader, *args, **kwargs):
+        evaluated_by.append(loader.num_workers)
+        return real(self, model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(ClassificationTask, "eval_batches", recording)
     main = run(_config(tmp_path, "main"), log=lambda line: None)
     workers = run(_config(tmp_path, "workers", data=WORKERS), log=lambda line: None)
     assert not components._PERSISTENT  # the run ended its workers
     for key, value in main.model.state_dict().items():
         assert torch.equal(workers.model.state_dict()[key], value), key
+    # Evaluation is loaded by the workers too, with every metric (and the training after it) unchanged.
+    assert set(evaluated_by) == {0, 2} and len(evaluated_by) % 2 == 0
+    assert _metrics(main.run_dir) == _metrics(workers.run_dir)
+
+
+class _OldStyleTask:
+    """A task written before eval_loader took loading options."""
+
+    def eval_loader(self, batch_size):
+        return ("old", batch_size)
+
+
+class _NewStyleTask:
+    def eval_loader(self, batch_size, **loading):
+        return ("new", batch_size, loading)
+
+
+def test_eval_loader_gets_the_loading_options_a_task_accepts():
+    config = DataConfig(eval_batch_size=7, pin_memory=True, num_workers=3, prefetch_factor=4)
+    assert components.eval_loader_for(_NewStyleTask(), config, torch.device("cpu")) == (
+        "new", 7, {"num_workers": 3, "prefetch_factor": 4, "pin_memory": True})
+    assert components.eval_loader_for(_NewStyleTask(), DataConfig(eval_batch_size=7), torch.device("cpu")) == (
+        "new", 7, {})
+    assert components.eval_loader_for(_OldStyleTask(), config, torch.device("cpu")) == ("old", 7)
 
 
 def test_resume_with_worker_options_is_exact(tmp_path, one_thread, monkeypatch):

@@ -255,7 +255,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from .config import load_config
-    from .runner.components import resolve_device
+    from .runner.components import eval_loader_for, resolve_device
     from .runner.setup import build_setup, load_weights
     from .sparsity import MaskSet
 
@@ -267,7 +267,7 @@ def _eval(args: argparse.Namespace) -> int:
     load_weights(task, model, args.checkpoint)
     masks = MaskSet.from_nonzero(targets, model_numel=setup.model_numel)
     with torch.no_grad():
-        metrics = task.evaluate(model, task.eval_loader(config.data.eval_batch_size), device,
+        metrics = task.evaluate(model, eval_loader_for(task, config.data, device), device,
                                 config.training.max_eval_batches)
     if args.masks:
         from .interop.gpmt_files import load_mask_list

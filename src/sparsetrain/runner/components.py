@@ -7,6 +7,7 @@ asked for through the task (:meth:`Task.epoch_batches`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -86,6 +87,28 @@ def pins_memory(config: DataConfig, device: torch.device | None) -> bool:
     if config.pin_memory == "auto":
         return device is not None and device.type == "cuda"
     return bool(config.pin_memory)
+
+
+def eval_loader_for(task: Any, config: DataConfig, device: torch.device | None) -> DataLoader:
+    """``task.eval_loader(config.eval_batch_size)`` loaded like training batches: by ``config.num_workers``
+    workers (started for each evaluation; none stay alive), with ``prefetch_factor`` and pinned memory as
+    :func:`pins_memory` decides. Evaluation items do not depend on which process loads them (deterministic
+    transforms, or draws keyed by the item), and the loader draws the same one number from torch's global
+    RNG either way, so these options change no metric and no later training step.
+
+    The options reach ``eval_loader`` as keywords, only those that are on, and only if it accepts ``**``
+    keywords: a task written against the older ``eval_loader(batch_size)`` still works (in the main process).
+    """
+    options: dict[str, Any] = {}
+    if config.num_workers:
+        options["num_workers"] = config.num_workers
+        if config.prefetch_factor is not None:
+            options["prefetch_factor"] = config.prefetch_factor
+    if pins_memory(config, device):
+        options["pin_memory"] = True
+    takes_options = any(parameter.kind is inspect.Parameter.VAR_KEYWORD
+                        for parameter in inspect.signature(task.eval_loader).parameters.values())
+    return task.eval_loader(config.eval_batch_size, **(options if takes_options else {}))
 
 
 def epoch_loader(dataset: Dataset, config: DataConfig, shards: list[list[int]], seed: int,

@@ -82,6 +82,7 @@ from .components import (
     build_lr_schedule,
     build_optimizer,
     epoch_loader,
+    eval_loader_for,
     pins_memory,
     release_loaders,
     resolve_device,
@@ -170,7 +171,7 @@ class _Run:
         self.schedule = tuple(self.timeline.schedule.events())  # every mask event of the run, in order
         self.dist: DistContext | None = None
         self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, when data-parallel
-        self.eval_loader = self.task.eval_loader(config.data.eval_batch_size)
+        self.eval_loader = eval_loader_for(self.task, config.data, self.device)
         # The masks and their Sparsifier exist from the start: those of an init.checkpoint that is a `sparse`
         # export (enforced from the first step), else, in a run with mask events, dense ones that the
         # Sparsifier enforces after each update once an event has set them.

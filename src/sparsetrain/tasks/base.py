@@ -227,15 +227,20 @@ class Task:
         was_training = model.training
         model.eval()
         try:
+            # Asynchronous copies from a pinned loader's page-locked batches (ordered before their first use).
+            transfer = {"non_blocking": True} if device.type == "cuda" and getattr(loader, "pin_memory", False) else {}
             for index, batch in enumerate(loader):
                 if max_batches is not None and index >= max_batches:
                     break
-                yield self.to_device(batch, device)
+                yield self.to_device(batch, device, **transfer)
         finally:
             model.train(was_training)
 
-    def eval_loader(self, batch_size: int) -> DataLoader:
-        return DataLoader(self.eval_set, batch_size=batch_size, collate_fn=self.collate_fn)
+    def eval_loader(self, batch_size: int, **loading: Any) -> DataLoader:
+        """The evaluation split in batches of ``batch_size``, in order. ``loading``: DataLoader speed options
+        (``num_workers``, ``prefetch_factor``, ``pin_memory``) the runner passes when they are on; they must
+        not change any batch."""
+        return DataLoader(self.eval_set, batch_size=batch_size, collate_fn=self.collate_fn, **loading)
 
     def write_figures(self, model: nn.Module, run_dir: Path, device: torch.device) -> list[dict[str, str]]:
         """Pictures of the finished model's predictions for the run report, written into ``run_dir`` (on rank 0,

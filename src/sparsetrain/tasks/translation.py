@@ -215,14 +215,15 @@ class TranslationTask(Task):
     def batch_inputs(self, batch: Any) -> Any:
         return batch["net_input"]["src_tokens"]
 
-    def eval_loader(self, batch_size: int) -> DataLoader:
+    def eval_loader(self, batch_size: int, **loading: Any) -> DataLoader:
         """The evaluation split in batches of ``task.options.eval_sentences`` pairs of similar source length
-        (decoding wastes less on padding); :meth:`evaluate` puts hypotheses back in corpus order."""
+        (decoding wastes less on padding); :meth:`evaluate` puts hypotheses back in corpus order. ``loading``:
+        as :meth:`Task.eval_loader`."""
         sizes = self.eval_set.src_sizes
         order = sorted(range(len(sizes)), key=lambda i: (int(sizes[i]), i))
         step = self.options.eval_sentences
         return DataLoader(self.eval_set, batch_sampler=[order[i: i + step] for i in range(0, len(order), step)],
-                          collate_fn=self.collate_fn)
+                          collate_fn=self.collate_fn, **loading)
 
     # ---- loss and metrics -----------------------------------------------------------------------
     def token_losses(self, logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor, int]:
