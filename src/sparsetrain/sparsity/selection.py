@@ -8,7 +8,7 @@ chunks of ``CHUNK`` elements, so the extra memory is a few chunks plus a small c
 1. A strided sample of about ``SAMPLE`` magnitudes guesses a narrow value bracket ``[lo, hi)``
    holding the k-th smallest magnitude.
 2. One pass counts the magnitudes below ``lo`` and below ``hi`` and gathers those inside the
-   bracket; ``kthvalue`` on that small set gives the exact threshold ``t``. If the guess missed
+   bracket; the order statistic of that small set gives the exact threshold ``t``. If the guess missed
    (adversarial layouts, massive ties), the bracket is narrowed by bisection on the float bit
    pattern with counting-only passes, so memory stays bounded whatever the data.
 3. One pass writes the masks: a magnitude above ``t`` is kept, below ``t`` is pruned, and of the
@@ -56,7 +56,7 @@ SAMPLE = 1 << 16
 """Target size of the strided sample that guesses the bracket."""
 
 SMALL = 1 << 16
-"""Populations up to this size are ranked directly with ``kthvalue``."""
+"""Populations up to this size are ranked directly (every magnitude gathered, then one order statistic)."""
 
 COLLECT_LIMIT = 1 << 22
 """Most candidate magnitudes ever gathered at once (16 MiB in float32)."""
@@ -164,13 +164,12 @@ def _sample(tensors: Sequence[torch.Tensor], total: int, work: torch.dtype) -> t
     return torch.cat(parts)
 
 
-def _order_statistics(values: torch.Tensor | np.ndarray, ranks: Sequence[int]) -> list[float]:
+def _order_statistics(values: np.ndarray, ranks: Sequence[int]) -> list[float]:
     """The values of 1-D ``values`` at 0-based ``ranks`` of its ascending order, by numpy's introselect (on the
     host: the populations ranked here are small, and numpy runs no thread pool that could spin under load)."""
     if not ranks:
         return []
-    host = values.cpu().numpy() if isinstance(values, torch.Tensor) else values
-    selected = np.partition(host, list(ranks))
+    selected = np.partition(values, list(ranks))
     return [float(selected[rank]) for rank in ranks]
 
 
@@ -234,13 +233,12 @@ def _needs_torch_ops(tensors: Sequence[torch.Tensor], work: torch.dtype) -> bool
     return not all(band_scan.supports(t, work) for t in tensors)
 
 
-def _threshold_from_candidates(candidates: torch.Tensor | np.ndarray, below_candidates: int, k: int) -> Threshold:
+def _threshold_from_candidates(candidates: np.ndarray, below_candidates: int, k: int) -> Threshold:
     """Exact threshold when ``candidates`` holds every magnitude in the bracket that contains rank k."""
-    host = candidates.cpu().numpy() if isinstance(candidates, torch.Tensor) else candidates
     rank_in_candidates = k - below_candidates  # 1-based rank of the k-th smallest among candidates
-    value = _order_statistics(host, [rank_in_candidates - 1])[0]
-    below = below_candidates + int(np.count_nonzero(host < value))
-    ties_total = int(np.count_nonzero(host == value))
+    value = _order_statistics(candidates, [rank_in_candidates - 1])[0]
+    below = below_candidates + int(np.count_nonzero(candidates < value))
+    ties_total = int(np.count_nonzero(candidates == value))
     return Threshold(value, below, k - below, ties_total, k)
 
 
@@ -255,8 +253,8 @@ def _validated(tensors: Sequence[torch.Tensor], k: int, names: Sequence[str] | N
 
 def _guess_bracket(tensors: Sequence[torch.Tensor], total: int, k: int, work: torch.dtype) -> tuple[float, float]:
     """A value bracket ``[lo, hi)`` that very likely holds the k-th smallest magnitude (from a sample)."""
-    sample = _sample(tensors, total, work)
-    n = sample.numel()
+    sample = _sample(tensors, total, work).cpu().numpy()
+    n = sample.size
     expected = (k - 1) * n / total
     spread = 4.0 * math.sqrt(n * (k / total) * (1.0 - k / total)) + 8.0
     lo_index, hi_index = math.floor(expected - spread), math.ceil(expected + spread)
