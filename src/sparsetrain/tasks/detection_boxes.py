@@ -113,26 +113,51 @@ class BoxCoder:
             through ltrb and back, which can move them by a rounding error; here they are copied, so their
             offsets are exactly 0. The loss ignores them either way.)
         """
+        self._check_target(boxes_ltrb, labels)
+        if not _is_real(iou_threshold) or not 0 <= iou_threshold <= 1:
+            raise UserError(f"iou_threshold={iou_threshold!r} must be a number in [0, 1]")
+        self._check_values([(boxes_ltrb, labels)])
+        return self._match(boxes_ltrb, labels, iou_threshold)
+
+    @staticmethod
+    def _check_target(boxes_ltrb: torch.Tensor, labels: torch.Tensor) -> None:
+        """Shapes and dtypes of one image's ground truth (no host sync)."""
         if not isinstance(boxes_ltrb, torch.Tensor) or boxes_ltrb.dim() != 2 or boxes_ltrb.shape[1] != 4:
             raise UserError(f"ground-truth boxes must be an (n, 4) ltrb tensor; got {_shape(boxes_ltrb)}")
         n = boxes_ltrb.shape[0]
         if not isinstance(labels, torch.Tensor) or labels.shape != (n,) or labels.is_floating_point() \
                 or labels.is_complex() or labels.dtype == torch.bool:
             raise UserError(f"labels must be an integer tensor of shape ({n},) (one per box); got {_shape(labels)}")
-        if not _is_real(iou_threshold) or not 0 <= iou_threshold <= 1:
-            raise UserError(f"iou_threshold={iou_threshold!r} must be a number in [0, 1]")
+
+    @staticmethod
+    def _check_values(targets: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Labels >= 1 and boxes with area, over a whole batch with one host read (the training step's
+        only sync here); the offending value is looked up only when there is one."""
+        present = [(boxes, labels) for boxes, labels in targets if boxes.shape[0]]
+        if not present:
+            return
+        labels = torch.cat([lab.to(present[0][1].device) for _, lab in present])
+        sizes = torch.cat([(b[:, 2:] - b[:, :2]).to(present[0][0].device) for b, _ in present])
+        if not bool((labels.min() < 1).cpu() | ~(sizes.min() > 0).cpu()):
+            return
+        for boxes_ltrb, labels in present:
+            lowest = int(labels.min())
+            if lowest < 1:
+                raise UserError(f"ground-truth label {lowest} is not an object class; labels must be >= 1 "
+                                "(0 is background)")
+            sizes = boxes_ltrb[:, 2:] - boxes_ltrb[:, :2]
+            worst = int(sizes.min(dim=1).values.argmin())
+            if not sizes[worst].min() > 0:
+                raise UserError(f"ground-truth box {worst} {boxes_ltrb[worst].tolist()} has no area; boxes must "
+                                "have x2 > x1 and y2 > y1 (drop such boxes when reading the data)")
+
+    def _match(self, boxes_ltrb: torch.Tensor, labels: torch.Tensor,
+               iou_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` of checked input."""
         device, d = self.default_xywh.device, self.num_boxes
+        n = boxes_ltrb.shape[0]
         if n == 0:
             return self.default_xywh.clone(), torch.zeros(d, dtype=torch.long, device=device)
-        lowest = int(labels.min())
-        if lowest < 1:
-            raise UserError(f"ground-truth label {lowest} is not an object class; labels must be >= 1 "
-                            "(0 is background)")
-        sizes = boxes_ltrb[:, 2:] - boxes_ltrb[:, :2]
-        worst = int(sizes.min(dim=1).values.argmin())
-        if not sizes[worst].min() > 0:
-            raise UserError(f"ground-truth box {worst} {boxes_ltrb[worst].tolist()} has no area; boxes must have "
-                            "x2 > x1 and y2 > y1 (drop such boxes when reading the data)")
         boxes = boxes_ltrb.detach().to(device=device, dtype=self.default_xywh.dtype)
         labels = labels.to(device=device, dtype=torch.long)
         ious = box_iou(boxes, self.default_ltrb)  # (n, D)
@@ -156,7 +181,12 @@ class BoxCoder:
         """
         if not isinstance(targets, (list, tuple)) or not targets:
             raise UserError(f"targets must be a non-empty list of (boxes, labels) pairs; got {targets!r:.60}")
-        encoded = [self.encode(boxes, labels, iou_threshold) for boxes, labels in targets]
+        for boxes, labels in targets:
+            self._check_target(boxes, labels)
+        if not _is_real(iou_threshold) or not 0 <= iou_threshold <= 1:
+            raise UserError(f"iou_threshold={iou_threshold!r} must be a number in [0, 1]")
+        self._check_values(list(targets))
+        encoded = [self._match(boxes, labels, iou_threshold) for boxes, labels in targets]
         locations = torch.stack([loc for loc, _ in encoded]).transpose(1, 2).contiguous()
         return locations, torch.stack([lab for _, lab in encoded])
 
