@@ -19,6 +19,7 @@ from torch import nn
 
 from sparsetrain.errors import UserError
 from sparsetrain.models.resnet import resnet50
+from sparsetrain.ops import xywh_to_ltrb
 from sparsetrain.runner.checkpoint import CheckpointError, load_state_dict_from
 from sparsetrain.models.ssd import (
     SSD,
@@ -28,7 +29,6 @@ from sparsetrain.models.ssd import (
     default_boxes,
     load_backbone,
     ssd300_resnet50,
-    xywh_to_ltrb,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")

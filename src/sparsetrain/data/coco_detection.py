@@ -58,6 +58,7 @@ from torch.utils.data import Dataset
 from ..atomic import atomic_write
 from ..errors import UserError, UserOSError, os_error_message
 from .base import check_count
+from .imagenet import load_rgb_image
 from .detection_transforms import AUGMENTATIONS, ssd_eval_transform, ssd_train_transform
 
 __all__ = ["SPLITS", "CocoDetection", "annotation_path", "collate", "image_dir", "write_coco"]
@@ -198,14 +199,10 @@ class CocoDetection(Dataset):
         """The RGB image of item ``index`` as stored (checked against its record's size)."""
         file_name, height, width, _, _ = self._records[index]
         path = self.image_root / file_name
-        try:
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        except FileNotFoundError:
+        if not path.is_file():
             listed = annotation_path(self.root, self.split).name
-            raise UserError(f"missing image file '{path}' (listed in {listed})") from None
-        except OSError as exc:
-            raise UserError(f"cannot read image '{path}': {exc}") from None
+            raise UserError(f"missing image file '{path}' (listed in {listed})")
+        image = load_rgb_image(path)
         if image.size != (width, height):
             raise UserError(f"image '{path}' is {image.size[0]}x{image.size[1]} but its record says {width}x{height}")
         return image

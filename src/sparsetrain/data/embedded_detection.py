@@ -89,7 +89,7 @@ def _star() -> np.ndarray:
 
 
 _POLYGONS = {"square": _regular_polygon(4, 1.0, math.pi / 4), "triangle": _regular_polygon(3),
-             "star": _star(), "hexagon": _regular_polygon(6, 1.0, 0.0)}
+             "star": _star()}
 
 
 def _inside_polygon(u: np.ndarray, v: np.ndarray, vertices: np.ndarray) -> np.ndarray:
@@ -114,8 +114,6 @@ def _shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if kind == "cross":
         arm = 0.3
         return ((np.abs(u) <= arm) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= arm) & (np.abs(u) <= 0.95))
-    if kind == "crescent":
-        return (r2 <= 1.0) & ((u - 0.45) ** 2 + v * v > 0.8 ** 2)
     return _inside_polygon(u, v, _POLYGONS[kind])
 
 
@@ -191,7 +189,7 @@ def _tight_box(visible: np.ndarray) -> list[float] | None:
 
 def generate_image(rng: np.random.Generator, size: int, first_class: int | None = None
                    ) -> tuple[np.ndarray, list[tuple[int, list[float], int]]]:
-    """One image: ``(uint8 (size, size, 3), [(class index 0..7, [x, y, w, h] pixels, iscrowd), ...])``.
+    """One image: ``(uint8 (size, size, 3), [(class index 0..5, [x, y, w, h] pixels, iscrowd), ...])``.
 
     Deterministic given ``rng``'s state; ``first_class`` fixes the first object's class.
     """

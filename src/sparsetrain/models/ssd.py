@@ -74,18 +74,17 @@ __all__ = [
     "ssd300_resnet50",
     "ssd_small",
     "ssd_tiny",
-    "xywh_to_ltrb",
 ]
-
-#: NVIDIA's SSD300 box scales ``[21, 45, 99, 153, 207, 261, 315]`` (pixels at 300x300) as
-#: fractions of the image side; scale ``k`` is map ``k``'s base size, ``k+1`` sets its second box.
-NVIDIA_SCALE_FRACTIONS: tuple[float, ...] = tuple(s / 300 for s in (21, 45, 99, 153, 207, 261, 315))
 
 # SSD300: feature sizes, steps, scales (pixels), aspect ratios; dboxes300_coco in NVIDIA's utils.py.
 _SSD300_FEAT = (38, 19, 10, 5, 3, 1)
 _SSD300_STEPS = (8, 16, 32, 64, 100, 300)
 _SSD300_SCALES = (21, 45, 99, 153, 207, 261, 315)
 _SSD300_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
+
+#: NVIDIA's SSD300 box scales ``[21, 45, 99, 153, 207, 261, 315]`` (pixels at 300x300) as
+#: fractions of the image side; scale ``k`` is map ``k``'s base size, ``k+1`` sets its second box.
+NVIDIA_SCALE_FRACTIONS: tuple[float, ...] = tuple(s / 300 for s in _SSD300_SCALES)
 
 
 def default_boxes(
@@ -132,12 +131,6 @@ def default_boxes(
 def dboxes300_coco() -> torch.Tensor:
     """NVIDIA's SSD300 default boxes: ``(8732, 4)`` xywh float32 (``dboxes300_coco()('xywh')``)."""
     return default_boxes(300, _SSD300_FEAT, _SSD300_STEPS, _SSD300_SCALES, _SSD300_RATIOS)
-
-
-def xywh_to_ltrb(boxes: torch.Tensor) -> torch.Tensor:
-    """``(..., 4)`` ``(cx, cy, w, h)`` -> ``(left, top, right, bottom)`` (same units, no clamping)."""
-    cxcy, wh = boxes[..., :2], boxes[..., 2:]
-    return torch.cat([cxcy - 0.5 * wh, cxcy + 0.5 * wh], -1)
 
 
 def nvidia_scales(fig_size: int, num_maps: int) -> list[float]:

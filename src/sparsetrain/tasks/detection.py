@@ -101,7 +101,7 @@ class DetectionTask(Task):
 
         self.data_options, self.options = data_options, options
         self.collate_fn = collate
-        self.num_classes = len(eval_set.label_to_category_id)  # with the background, label 0
+        self.num_classes = eval_set.num_classes  # with the background, label 0
         self._coders: dict[torch.device, Any] = {}
 
     # ---- construction ------------------------------------------------------------------------
@@ -196,7 +196,7 @@ class DetectionTask(Task):
         loss, _, _ = self.batch_loss(model, images, targets, self.coder(model, images.device))
         return loss, images.shape[0]
 
-    def detect(self, model: nn.Module, offsets: torch.Tensor, logits: torch.Tensor, coder: Any) -> list[Any]:
+    def detect(self, offsets: torch.Tensor, logits: torch.Tensor, coder: Any) -> list[Any]:
         """Per image ``(boxes ltrb relative, labels, scores)`` after NVIDIA's post-processing."""
         from .detection_boxes import postprocess
 
@@ -218,7 +218,7 @@ class DetectionTask(Task):
             loss, offsets, logits = self.batch_loss(model, images, targets, coder)
             loss_sum += float(loss) * images.shape[0]
             images_seen += images.shape[0]
-            for (boxes, labels, scores), target in zip(self.detect(model, offsets, logits, coder), targets):
+            for (boxes, labels, scores), target in zip(self.detect(offsets, logits, coder), targets):
                 image_ids.append(int(target["image_id"]))
                 results += coco_results(boxes, labels, scores, target["image_id"], target["orig_size"],
                                         self.eval_set.label_to_category_id)
@@ -244,7 +244,7 @@ class DetectionTask(Task):
         try:
             with torch.no_grad():
                 offsets, logits = model(images)
-                detections = self.detect(model, offsets, logits, coder)
+                detections = self.detect(offsets, logits, coder)
         finally:
             model.train(was_training)
         name = "predictions.png"
