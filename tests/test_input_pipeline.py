@@ -79,12 +79,15 @@ def test_persistent_workers_draw_what_fresh_workers_draw():
     fresh = DataConfig(num_workers=2)
     persistent = DataConfig(**WORKERS)
     dataset = _RandomItems()
+    global_rng = torch.get_rng_state()
     for seed, skip in ((5, 0), (6, 0), (7, 3), (8, 1)):  # epochs, some resumed mid-epoch
         expected = list(epoch_loader(dataset, fresh, shards, seed, skip=skip))
         got = list(epoch_loader(dataset, persistent, shards, seed, skip=skip))
         assert len(got) == len(shards) - skip
         for a, b in zip(expected, got):
             assert torch.equal(a, b)
+        # Neither loader draws from the global RNG (the training's mixup, dropout, ... draw from it next).
+        assert torch.equal(torch.get_rng_state(), global_rng)
 
 
 def _metrics(run_dir) -> list[dict]:

@@ -147,7 +147,8 @@ def epoch_loader(dataset: Dataset, config: DataConfig, shards: list[list[int]], 
         _PERSISTENT.clear()  # the previous loader's workers end when it is collected
         sampler = _SwappableBatches()
         loader = DataLoader(_EpochSeeded(dataset), batch_sampler=sampler, num_workers=config.num_workers,
-                            collate_fn=collate_fn, pin_memory=pin, persistent_workers=True, **extra)
+                            collate_fn=collate_fn, pin_memory=pin, persistent_workers=True,
+                            generator=torch.Generator(), **extra)  # its first iter() draws from this, not the global RNG
         cached = _PERSISTENT["loader"] = (dataset, key, loader, sampler)
     loader, sampler = cached[2], cached[3]
     base_seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())  # as a fresh loader draws

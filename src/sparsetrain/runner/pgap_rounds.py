@@ -86,12 +86,15 @@ def train_pgap_stage(run: _Run, span: StageSpan) -> None:
     groups = pgap_worker_groups(run.dist, layout.kappa) if run.dist is not None else None
     workers = [groups.worker] if groups is not None else list(range(layout.kappa))
     first_round = (run.epoch - span.start_epoch) // per_round
+    model = run.model  # setup_data_parallel may swap in a SyncBatchNorm copy tied to the group
     if groups is not None and groups.size > 1 and first_round < layout.rounds:
         run.setup_data_parallel(groups.group)  # DDP over this worker's g ranks (they hold the same model here)
     try:
         _train_rounds(run, span, groups, workers, first_round, owners)
     finally:
-        run.ddp = None  # the fine-tuning (rank 0) and later stages train without the group's DDP
+        # The fine-tuning (rank 0 alone) and later stages train without the group: no DDP, and plain BatchNorm
+        # (a SyncBatchNorm of the group would wait for ranks that have left). Parameters and buffers are shared.
+        run.model, run.ddp, run.compiled = model, None, None
     if run.dist is not None and not run.dist.is_main:
         return  # rank 0 alone fine-tunes the merged model
     run.train_stage(span)
