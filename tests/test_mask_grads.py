@@ -112,3 +112,31 @@ def test_a_changed_mask_is_used_at_the_next_call():
     assert torch.equal(masked_grad_zeros()[1], ~new)
     masks.masks[1].view(-1)[7] = True  # a method writing into the mask in place
     assert not masked_grad_zeros()[1].view(-1)[7]
+
+
+def test_the_runner_zeroes_pruned_weights_at_each_event_whatever_the_method_did(tmp_path, monkeypatch):
+    """The step masks only gradients, so the runner itself zeroes the pruned weights after every mask event: a
+    method that sets masks without zeroing its weights (here GP, made to put the old values back) still ends with
+    exactly zero pruned weights."""
+    import yaml
+    from conftest import assert_pruned_weights_zero
+    from tiny_config import tiny_config
+
+    from sparsetrain.config import load_config
+    from sparsetrain.methods import oneshot
+    from sparsetrain.runner.train import run
+
+    real = oneshot.apply
+
+    def forgetful(event, masks, ctx=None):
+        before = [t.param.detach().clone() for t in masks.targets]
+        real(event, masks, ctx)
+        for target, values in zip(masks.targets, before):
+            target.param.data.copy_(values)  # the masks changed, the weights did not
+
+    monkeypatch.setattr(oneshot, "apply", forgetful)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(output_dir=str(tmp_path / "run"))))
+    result = run(load_config(path), log=lambda line: None)
+    assert result.masks is not None and not all(bool(m.all()) for m in result.masks.masks)
+    assert_pruned_weights_zero(result.masks)

@@ -367,10 +367,11 @@ class _Run:
         prepared = prepare(event, self.masks()) if prepare is not None else None
         method.apply(event, self.masks(), stage_context(span, self.timeline.steps_per_epoch, self.config.seed))
         masks = self.masks()
+        if self.dist is not None and self.config.distributed.masks == "broadcast":
+            broadcast_masks_(masks.masks)
+        # Pruned weights are zero from here on whatever the method did: the step only masks gradients.
+        masks.apply_()
         if self.dist is not None:  # masks are computed on every rank; make sure they agree
-            if self.config.distributed.masks == "broadcast":
-                broadcast_masks_(masks.masks)
-                masks.apply_()
             check_same_on_all_ranks(masks.checksum(), f"mask checksum after {event.kind} at step {self.step}",
                                     self.device)
         if self.optimizer is not None and not event.resets_optimizer:
