@@ -140,3 +140,32 @@ def test_the_runner_zeroes_pruned_weights_at_each_event_whatever_the_method_did(
     result = run(load_config(path), log=lambda line: None)
     assert result.masks is not None and not all(bool(m.all()) for m in result.masks.masks)
     assert_pruned_weights_zero(result.masks)
+
+
+def test_the_runner_clips_masked_gradients(tmp_path, monkeypatch):
+    """In the runner's step, training.grad_clip sees the gradients after masking: at every clip after the prune
+    event, the gradient at every pruned (zero) weight is already zero."""
+    import yaml
+    from tiny_config import tiny_config
+
+    from sparsetrain.config import load_config
+    from sparsetrain.runner.train import run
+
+    real = nn.utils.clip_grad_norm_
+    pruned_seen = []
+
+    def checking(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        for p in parameters:
+            if p.dim() == 2 and p.grad is not None:
+                zero = p.detach() == 0
+                pruned_seen.append(int(zero.sum()))
+                assert not p.grad[zero].any()
+        return real(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(nn.utils, "clip_grad_norm_", checking)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(output_dir=str(tmp_path / "run"), training={"progress": False,
+                                                                                           "grad_clip": 0.5})))
+    run(load_config(path), log=lambda line: None)
+    assert max(pruned_seen) > 0  # the fine-tuning steps after GP 0.5 were checked
