@@ -47,6 +47,11 @@ def default_target_types(model: nn.Module) -> list[type[nn.Module]]:
     return [t for t in types if any(issubclass(u, t) for u in owning)]
 
 
+def method_kind(method: str | Mapping[str, Any]) -> str:
+    """The stage kind of a ``method=`` argument: the string itself, or a stage mapping's ``kind``."""
+    return method if isinstance(method, str) else str(method.get("kind"))
+
+
 def check_arguments(masks: MaskSet | None, method: str | Mapping[str, Any] | None, steps_per_epoch: int | None,
                     fields: Mapping[str, Any]) -> None:
     """What every integration refuses before training, in one line: both or neither of ``masks``/``method``,
@@ -56,8 +61,7 @@ def check_arguments(masks: MaskSet | None, method: str | Mapping[str, Any] | Non
                         "(a method's stage: 'gmp', 'rigl', 'sgap', ...)")
     if masks is not None and fields:
         raise UserError(f"fixed masks take no method fields (got {', '.join(sorted(fields))})")
-    kind = method if isinstance(method, str) or method is None else str(method.get("kind"))
-    if kind == "pgap":
+    if method is not None and method_kind(method) == "pgap":
         raise UserError("method='pgap' trains kappa workers in parallel and merges them, which one training "
                         "loop cannot do; use 'sgap' here, or run P-GaP with `sparsetrain run`")
     if steps_per_epoch is not None and int(steps_per_epoch) < 1:

@@ -48,7 +48,7 @@ from transformers import TrainerCallback
 from ..errors import UserError
 from ..sparsity import MaskSet, select_targets
 from ..sparsity.targets import Selector
-from .core import DriverRecipe, SparsityDriver, default_target_types
+from .core import DriverRecipe, SparsityDriver, default_target_types, method_kind
 
 HF_PARTITIONS: dict[str, tuple[str, ...]] = {
     "bert": (r"(?:^|\.)encoder\.layer\.(\d+)\.",),
@@ -138,10 +138,6 @@ def hf_layer_partitions(model: nn.Module, kappa: int, *, family: str | Sequence[
     return regexes
 
 
-def _kind(method: str | Mapping[str, Any]) -> str:
-    return method if isinstance(method, str) else str(method.get("kind"))
-
-
 class SparsityCallback(TrainerCallback):
     """Fixed ``masks`` (a ``MaskSet`` of the model the Trainer trains) or a ``method``'s schedule
     (``"gmp"``, ``"rigl"``, ``"sgap"``, ... with its stage fields as keyword arguments) in a Hugging Face
@@ -185,7 +181,7 @@ class SparsityCallback(TrainerCallback):
         method = self.recipe.method
         total = driver.scheduler.total_steps if driver.scheduler is not None else 0
         if state.max_steps and 0 < state.max_steps < total:
-            warnings.warn(f"the {_kind(method)!r} schedule runs {total} optimizer steps but the Trainer stops after "
+            warnings.warn(f"the {method_kind(method)!r} schedule runs {total} optimizer steps but the Trainer stops after "
                           f"{state.max_steps}; the masks will not reach the schedule's end", stacklevel=3)
         return driver
 
