@@ -216,9 +216,9 @@ def test_pgap_merge_equals_the_hand_assembled_model(tmp_path, monkeypatch, capsy
             workers[worker - 1] = _clone(run_.model.state_dict())
         start_worker(run_, span, round_index, worker)
 
-    def capture_merge(run_, span, round_index, owners):
+    def capture_merge(run_, span, round_index, owners, groups):
         workers[span.gap.kappa - 1] = _clone(run_.model.state_dict())
-        merge(run_, span, round_index, owners)
+        merge(run_, span, round_index, owners, groups)
         merged.append(_clone(run_.model.state_dict()))
 
     monkeypatch.setattr(pgap_rounds, "_start_worker", capture_start)

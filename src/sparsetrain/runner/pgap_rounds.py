@@ -135,7 +135,7 @@ def _train_rounds(run: _Run, span: StageSpan, groups: WorkerGroups | None, worke
             run.epoch, run.step = round_start, round_start * spe
             if run.dist is None:
                 run.save()
-        _merge(run, span, round_index, owners)
+        _merge(run, span, round_index, owners, groups)
         # What trains next (the next round's workers reseed; the fine-tuning does not) draws from an RNG that
         # depends on (seed, stage, round) only, not on which worker this process simulated last.
         seed_everything(derived_seed(run.config.seed, span.index, round_index, layout.kappa))
@@ -166,18 +166,19 @@ def _start_worker(run: _Run, span: StageSpan, round_index: int, worker: int) -> 
     seed_everything(derived_seed(run.config.seed, span.index, round_index, worker))
 
 
-def _merge(run: _Run, span: StageSpan, round_index: int, owners: dict[str, int]) -> None:
-    """The round's merged model and masks in ``run``; under torchrun also the round's FLOPs of every worker.
+def _merge(run: _Run, span: StageSpan, round_index: int, owners: dict[str, int],
+           groups: WorkerGroups | None) -> None:
+    """The round's merged model and masks in ``run``; under torchrun (``groups``) also the round's FLOPs of
+    every worker.
 
     ``owners`` maps each state-dict key to the worker whose partition owns it; under torchrun
-    (``WORLD_SIZE`` = kappa * g) the key is broadcast from that worker's group leader, rank ``worker * g``.
+    (``WORLD_SIZE`` = kappa * g) the key is broadcast from that worker's group leader.
     """
     assert run.pgap is not None and span.gap is not None
-    group_size = run.dist.world_size // span.gap.kappa if run.dist is not None else 1
-    if run.dist is not None:  # every worker's training counts, as when they run one after another
+    if groups is not None:  # every worker's training counts, as when they run one after another
         before = run.pgap.train_flops_before
         # Each rank of a group counts its worker's whole global batches: only the leader reports them.
-        mine = run.train_flops - before if run.dist.rank % group_size == 0 else 0.0
+        mine = run.train_flops - before if groups.is_leader else 0.0
         round_flops = torch.tensor([mine], dtype=torch.float64)
         torch.distributed.all_reduce(round_flops)
         run.train_flops = before + float(round_flops)
@@ -185,8 +186,9 @@ def _merge(run: _Run, span: StageSpan, round_index: int, owners: dict[str, int])
     for contribution in run.pgap.contributions.values():
         merged.update(contribution)
     run.model.load_state_dict(merged)
-    if run.dist is not None:
-        sources = {key: worker * group_size for key, worker in owners.items()}
+    if groups is not None:
+        assert run.dist is not None
+        sources = {key: groups.leader(worker) for key, worker in owners.items()}
         sent = broadcast_merge_(run.model.state_dict(), sources, run.dist.rank)
         run.log(f"stage {span.index} round {round_index + 1} merge: rank {run.dist.rank} sent "
                 f"{sent / 2**20:.2f} MiB (its partition{' and the orphans' if run.dist.rank == 0 else ''})")
