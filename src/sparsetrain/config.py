@@ -115,11 +115,6 @@ class DataConfig(_Strict):
         None, ge=1, description="batches each worker loads ahead (null: torch's default, 2). Needs num_workers > 0; "
         "results are identical for any value")
 
-    @field_validator("pin_memory", mode="before")
-    @classmethod
-    def _pin_yaml_on_off(cls, value: Any) -> Any:
-        return {"on": True, "off": False}.get(value, value) if isinstance(value, str) else value
-
     @model_validator(mode="after")
     def _worker_options_need_workers(self) -> DataConfig:
         for name, value, off in (("persistent_workers", self.persistent_workers, False),
