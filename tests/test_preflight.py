@@ -226,3 +226,20 @@ def test_check_run_uses_shapes_only():
     floor = math.floor(2_010_000 * 0.5 / 100)
     with pytest.raises(SparsityError, match=f"every layer keeps at least {floor:,} weights"):
         check_run(config, targets, timeline, world_size=1)
+
+
+@pytest.mark.parametrize(("world", "overrides", "message"), [
+    ("4", ["training.on_nonfinite=skip"],
+     "error: training.on_nonfinite='skip' is not supported with data parallelism (2 processes per P-GaP worker "
+     "(WORLD_SIZE=4)): the ranks would disagree on which updates to skip; use 'stop' or 'continue'"),
+    ("6", ["training.update_freq=2"],
+     "error: training.update_freq=2 micro-batches per step are divided among 3 processes per P-GaP worker "
+     "(WORLD_SIZE=6); valid: 1 or a multiple of 3"),
+])
+def test_pgap_group_data_parallel_options_are_refused_before_training(cfg, capsys, monkeypatch, no_training, world,
+                                                                      overrides, message):
+    """The options DDP inside each P-GaP worker's group cannot honour fail at `plan`, not when the P-GaP stage
+    starts after the earlier stages trained."""
+    monkeypatch.setenv("WORLD_SIZE", world)
+    assert main(["plan", str(cfg), PGAP_2, *overrides]) == 2
+    assert _one_line_error(capsys) == message

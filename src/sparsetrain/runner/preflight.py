@@ -71,7 +71,9 @@ def check_run(config: RunConfig, targets: Sequence[Target], timeline: Timeline, 
 
 
 def check_processes(config: RunConfig, timeline: Timeline, world_size: int) -> None:
-    """P-GaP needs g >= 1 processes per partition; data parallelism needs one example per process and batch."""
+    """P-GaP needs g >= 1 processes per partition; data parallelism (over every rank, or over each P-GaP worker's
+    g ranks) needs one example per process and batch and the options of :func:`data_parallel_error`. Checked
+    before anything trains, so a P-GaP stage after hours of dense training cannot fail on them."""
     if world_size <= 1:
         return
     pgap = [span for span in timeline.stages if trains_with_workers(span.kind)]
@@ -84,6 +86,27 @@ def check_processes(config: RunConfig, timeline: Timeline, world_size: int) -> N
         if config.data.batch_size < group_size:
             raise UserError(f"data.batch_size={config.data.batch_size} is each P-GaP worker's global batch; it must "
                             f"be at least g={group_size} (WORLD_SIZE={world_size} / kappa={kappa})")
-    if not pgap and config.data.batch_size < world_size:
-        raise UserError(f"data.batch_size={config.data.batch_size} is the global batch; it must be at least "
-                        f"WORLD_SIZE={world_size}")
+        problem = data_parallel_error(config, group_size, f"{group_size} processes per P-GaP worker "
+                                                          f"(WORLD_SIZE={world_size})") if group_size > 1 else None
+        if problem is not None:
+            raise UserError(problem)
+    if not pgap:
+        if config.data.batch_size < world_size:
+            raise UserError(f"data.batch_size={config.data.batch_size} is the global batch; it must be at least "
+                            f"WORLD_SIZE={world_size}")
+        problem = data_parallel_error(config, world_size, f"WORLD_SIZE={world_size}")
+        if problem is not None:
+            raise UserError(problem)
+
+
+def data_parallel_error(config: RunConfig, processes: int, ranks: str) -> str | None:
+    """The one-line complaint about training options that DDP over ``processes`` ranks (described by ``ranks``)
+    cannot honour, or None."""
+    if config.training.on_nonfinite == "skip":  # one rank skipping a backward would stall the others'
+        return (f"training.on_nonfinite='skip' is not supported with data parallelism ({ranks}): the ranks would "
+                "disagree on which updates to skip; use 'stop' or 'continue'")
+    update_freq = config.training.update_freq
+    if update_freq > 1 and update_freq % processes:
+        return (f"training.update_freq={update_freq} micro-batches per step are divided among {ranks}; valid: 1 or "
+                f"a multiple of {processes}")
+    return None

@@ -103,6 +103,7 @@ from .outputs import (
     write_layer_csv,
 )
 from .pgap_rounds import RoundState, train_pgap_stage
+from .preflight import data_parallel_error
 from .progress import progress_bar
 from .run_dir import check_run_dir, prepare_run_dir
 from .setup import build_setup
@@ -637,16 +638,9 @@ class _Run:
         world = self.dist.world_size if group is None else torch.distributed.get_world_size(group)
         ranks = (f"WORLD_SIZE={world}" if group is None
                  else f"{world} processes per P-GaP worker (WORLD_SIZE={self.dist.world_size})")
-        if self.config.training.on_nonfinite == "skip":  # one rank skipping a backward would stall the others'
-            raise UserError(f"training.on_nonfinite='skip' is not supported with data parallelism ({ranks}): the "
-                            "ranks would disagree on which updates to skip; use 'stop' or 'continue'")
-        update_freq = self.config.training.update_freq
-        if update_freq > 1 and update_freq % world:
-            raise UserError(f"training.update_freq={update_freq} micro-batches per step are divided among {ranks}; "
-                            f"valid: 1 or a multiple of {world}")
-        if self.config.data.batch_size < world:
-            raise UserError(f"data.batch_size={self.config.data.batch_size} is the global batch; it must be at "
-                             f"least WORLD_SIZE={world}")
+        problem = data_parallel_error(self.config, world, ranks)  # preflight checked it already; a direct call too
+        if problem is not None:
+            raise UserError(problem)
         has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         sync = self.config.distributed.sync_batchnorm
         if has_batchnorm and (sync == "on" or (sync == "auto" and self.device.type == "cuda")):
