@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import TensorDataset
 
-from ..errors import UserError
+from ..errors import UserError, UserOSError, os_error_message
 
 
 @dataclass(frozen=True)
@@ -84,3 +84,17 @@ def embedded_cache_dir(option: str | None) -> Path:
     """Where an embedded dataset is written: the task option if set, else ``$SPARSETRAIN_CACHE``, else
     ``~/.cache/sparsetrain``."""
     return Path(option or os.environ.get("SPARSETRAIN_CACHE") or Path.home() / ".cache" / "sparsetrain")
+
+
+def write_unsynced(path: Path, content: bytes) -> None:
+    """Write ``path`` atomically (temporary file + rename, parent folders created) but without fsync: for the
+    many files of a generated dataset whose manifest or index, written last with fsync, marks it complete
+    (hundreds of per-file fsyncs would dominate the time). An OSError becomes a one-line ``UserOSError``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserOSError(os_error_message(exc, "write")) from None

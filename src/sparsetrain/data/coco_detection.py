@@ -57,7 +57,7 @@ from torch.utils.data import Dataset
 
 from ..atomic import atomic_write
 from ..errors import UserError, UserOSError, os_error_message
-from .base import check_count
+from .base import check_count, write_unsynced
 from .imagenet import load_rgb_image
 from .detection_transforms import AUGMENTATIONS, ssd_eval_transform, ssd_train_transform
 
@@ -251,17 +251,6 @@ def _load_coco(path: Path):
         raise UserError(f"'{path}' is not a valid COCO annotations file: {type(exc).__name__}: {exc}") from None
 
 
-def _write_quick(path: Path, content: bytes) -> None:
-    """Temporary file + rename (no fsync: the annotations JSON, written last with fsync, completes a split)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserOSError(os_error_message(exc, "write")) from None
-
-
 def _encode_image(file_name: str, image: Image.Image | np.ndarray) -> tuple[bytes, int, int]:
     if isinstance(image, Image.Image):
         pil = image.convert("RGB")
@@ -323,7 +312,7 @@ def write_coco(root: str | os.PathLike[str], split: str,
                             "expected a unique plain file name")
         seen.add(file_name)
         content, width, height = _encode_image(file_name, image)
-        _write_quick(out_dir / file_name, content)
+        write_unsynced(out_dir / file_name, content)
         image_records.append({"id": position + 1, "file_name": file_name, "width": width, "height": height})
     ann_records = []
     for position, ann in enumerate(annotations):

@@ -50,6 +50,7 @@ from torch.utils.data import Dataset
 
 from ..atomic import atomic_write
 from ..errors import UserError, UserOSError, os_error_message
+from .base import write_unsynced
 
 __all__ = [
     "CATEGORIES",
@@ -558,19 +559,6 @@ def write_shapenet_part(root: str | os.PathLike[str], shapes: Iterable[tuple[str
     for relative, content in stream:
         if params is not None:
             account(relative, content)
-        _write_quick(root / relative, content)
+        write_unsynced(root / relative, content)
     atomic_write(root / MANIFEST_NAME, manifest_bytes(True))
     return root
-
-
-def _write_quick(path: Path, content: bytes) -> None:
-    """Atomic (temporary file + rename) but without fsync: the manifest, written last with fsync,
-    is what marks the dataset complete, and hundreds of per-file fsyncs would dominate the time."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserOSError(os_error_message(exc, "write")) from None
