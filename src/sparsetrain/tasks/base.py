@@ -63,6 +63,10 @@ class Task:
     MIXUP: ClassVar[bool] = False
     """Whether :meth:`loss` implements ``training.mixup_alpha`` (mixing a batch's inputs and targets);
     a run of a task without it that sets the option is refused by :meth:`check_config`."""
+    EPOCH_KEYED_ITEMS: ClassVar[bool] = False
+    """Whether the default :meth:`epoch_batches` keys each training item ``(index, epoch)`` instead of ``index``: a
+    dataset whose random sampling or augmentation is a pure function of that key (so workers, resume and P-GaP's
+    workers draw the same) sets it."""
     collate_fn: Any = None
 
     def __init__(self, config: RunConfig, train_set: Dataset, eval_set: Dataset) -> None:
@@ -157,8 +161,11 @@ class Task:
         seeded permutation (:func:`sparsetrain.data.batching.epoch_batches`); a task batching by
         another budget (tokens per batch) overrides both methods.
         """
-        return batching.epoch_batches(len(self.train_set), self.config.data, self.config.seed, epoch, stream,
-                                      rank, world_size)
+        shards, sizes = batching.epoch_batches(len(self.train_set), self.config.data, self.config.seed, epoch,
+                                               stream, rank, world_size)
+        if self.EPOCH_KEYED_ITEMS:
+            return [[(index, epoch) for index in shard] for shard in shards], sizes
+        return shards, sizes
 
     def step_micro_batches(self, epoch: int, stream: int = 0, rank: int = 0,
                            world_size: int = 1) -> tuple[list[list[list[int]]], list[int]]:

@@ -86,6 +86,7 @@ class DetectionOptions(StrictModel):
 @register_task("detection")
 class DetectionTask(Task):
     PRIMARY = ("map", "max")
+    EPOCH_KEYED_ITEMS = True  # items are (index, epoch): the augmentation is a function of the key
     METRIC_LABEL: ClassVar[dict[str, Any]] = {"title": "mAP@[.5:.95]", "short": "mAP", "log": "mAP",
                                               "percent": True}
     DEMO = "../configs/demo_detection"
@@ -158,12 +159,6 @@ class DetectionTask(Task):
         return self.eval_set[0][0]
 
     # ---- batches ------------------------------------------------------------------------------
-    def epoch_batches(self, epoch: int, stream: int = 0, rank: int = 0,
-                      world_size: int = 1) -> tuple[list[list[Any]], list[int]]:
-        """The default batches, each index keyed with the epoch (its augmentation)."""
-        shards, sizes = super().epoch_batches(epoch, stream, rank, world_size)
-        return [[(index, epoch) for index in shard] for shard in shards], sizes
-
     def coder(self, model: nn.Module, device: torch.device) -> Any:
         """The :class:`~.detection_boxes.BoxCoder` of ``model``'s default boxes on ``device`` (built once)."""
         if device not in self._coders:

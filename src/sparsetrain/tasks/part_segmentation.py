@@ -94,6 +94,7 @@ class EpochSampled(Dataset):
 @register_task("part_segmentation")
 class PartSegmentationTask(Task):
     PRIMARY = ("instance_miou", "max")
+    EPOCH_KEYED_ITEMS = True  # items are (index, epoch): the point sample and augmentation follow the key
     METRIC_LABEL: ClassVar[dict[str, Any]] = {"title": "Instance mIoU", "short": "Inst. mIoU",
                                               "log": "instance mIoU", "percent": True}
     DEMO = "../configs/demo_part_segmentation"
@@ -160,12 +161,6 @@ class PartSegmentationTask(Task):
         return _example(self.data_options)
 
     # ---- batches ------------------------------------------------------------------------------
-    def epoch_batches(self, epoch: int, stream: int = 0, rank: int = 0,
-                      world_size: int = 1) -> tuple[list[list[Any]], list[int]]:
-        """The default batches, each index keyed with the epoch (its point sample and augmentation)."""
-        shards, sizes = super().epoch_batches(epoch, stream, rank, world_size)
-        return [[(index, epoch) for index in shard] for shard in shards], sizes
-
     def batch_inputs(self, batch: Any) -> Any:
         return batch[0]
 
