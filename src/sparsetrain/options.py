@@ -8,6 +8,7 @@ lists the valid options, instead of a ``TypeError`` from deep inside the functio
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from .errors import UserError
@@ -44,3 +45,8 @@ def check_options(kind: str, name: str, fn: Callable[..., Any], options: Mapping
     for option in required:
         if option not in supplied and option not in options:
             raise UserError(f"{kind} {name!r} needs option {option!r} (options: {listing})")
+
+
+def is_real_number(value: Any) -> bool:
+    """Whether an option value is a finite int or float (a bool is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -47,7 +47,6 @@ randomness here comes from the ``numpy.random.Generator`` passed in, in a fixed 
 from __future__ import annotations
 
 import math
-from numbers import Integral
 
 import numpy as np
 import torch
@@ -55,6 +54,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..ops.boxes import box_iou as ops_box_iou
+from .base import check_count
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -264,12 +264,6 @@ def normalize(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
-def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
-        raise UserError(f"image_size {size!r} is not valid; expected an integer >= 1")
-    return int(size)
-
-
 AUGMENTATIONS = ("ssd", "flip", "none")
 """Training augmentations: ``ssd`` (IoU-constrained crop, flip, colour jitter: the reference's), ``flip`` (horizontal
 flip only: for short schedules, where the crop's zoomed views slow learning, and data whose colours already say
@@ -281,7 +275,7 @@ def ssd_train_transform(image: Image.Image | np.ndarray, boxes: np.ndarray, labe
     """Crop -> flip -> resize -> colour jitter -> normalise (``augment="ssd"``; ``"flip"`` skips the crop and the
     jitter, ``"none"`` is :func:`ssd_eval_transform`); returns ``(image float32 (3, size, size), boxes float32 (m, 4)
     relative ltrb in [0, 1], labels (m,))``. Deterministic given ``rng``'s state."""
-    size = _check_size(size)
+    size = check_count("image_size", size, 1)
     if augment not in AUGMENTATIONS:
         raise UserError(f"augment={augment!r} is not valid; valid: {', '.join(AUGMENTATIONS)}")
     if augment == "none":
@@ -299,4 +293,4 @@ def ssd_train_transform(image: Image.Image | np.ndarray, boxes: np.ndarray, labe
 
 def ssd_eval_transform(image: Image.Image | np.ndarray, size: int) -> torch.Tensor:
     """Resize to ``size x size`` (bilinear) and normalise: float32 ``(3, size, size)``; boxes (relative) unchanged."""
-    return normalize(resize(_as_image_array(image), _check_size(size)))
+    return normalize(resize(_as_image_array(image), check_count("image_size", size, 1)))

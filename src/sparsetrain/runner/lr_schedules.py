@@ -79,6 +79,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 from ..errors import UserError
+from ..options import is_real_number
 
 __all__ = ["KINDS", "LRSchedule", "describe", "set_lr"]
 
@@ -87,10 +88,6 @@ KINDS: tuple[str, ...] = ("constant", "cosine", "linear", "step", "inverse_sqrt"
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,7 @@ class LRSchedule:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"lr.kind={self.kind!r} must be one of {', '.join(KINDS)}")
-        if not _is_real(self.base_lr) or self.base_lr <= 0:
+        if not is_real_number(self.base_lr) or self.base_lr <= 0:
             raise UserError(f"lr.base_lr={self.base_lr!r} must be a finite number > 0")
         if not _is_int(self.total) or self.total < 1:
             raise UserError(f"lr.total={self.total!r} must be an integer >= 1")
@@ -143,7 +140,7 @@ class LRSchedule:
                 raise UserError(f"lr.warmup={self.warmup} must be >= 1 for lr.kind='inverse_sqrt'")
         elif self.warmup >= self.total:
             raise UserError(f"lr.warmup={self.warmup} must be < lr.total={self.total}")
-        if not _is_real(self.warmup_init_lr) or not 0 <= self.warmup_init_lr <= self.base_lr:
+        if not is_real_number(self.warmup_init_lr) or not 0 <= self.warmup_init_lr <= self.base_lr:
             raise UserError(
                 f"lr.warmup_init_lr={self.warmup_init_lr!r} must be in [0, lr.base_lr={self.base_lr}]"
             )
@@ -151,7 +148,7 @@ class LRSchedule:
             raise UserError(
                 f"lr.warmup_init_lr={self.warmup_init_lr} must be 0 when lr.warmup=0 (no warm-up)"
             )
-        if not _is_real(self.min_lr) or not 0 <= self.min_lr <= self.base_lr:
+        if not is_real_number(self.min_lr) or not 0 <= self.min_lr <= self.base_lr:
             raise UserError(f"lr.min_lr={self.min_lr!r} must be in [0, lr.base_lr={self.base_lr}]")
         if self.kind == "inverse_sqrt" and self.min_lr != 0:
             raise UserError(
@@ -183,7 +180,7 @@ class LRSchedule:
                     raise UserError(
                         f"lr.milestones={list(milestones)} must lie in [1, lr.total={self.total})"
                     )
-            if not _is_real(self.gamma) or not 0 < self.gamma <= 1:
+            if not is_real_number(self.gamma) or not 0 < self.gamma <= 1:
                 raise UserError(f"lr.gamma={self.gamma!r} must be in (0, 1]")
         else:
             if self.step_size is not None:
@@ -203,7 +200,7 @@ class LRSchedule:
         Valid range: ``0 <= t < total`` (``inverse_sqrt``: ``t >= 0``); otherwise
         ``ValueError``.
         """
-        if not _is_real(t):
+        if not is_real_number(t):
             raise UserError(f"t={t!r} must be a finite number")
         if self.kind == "inverse_sqrt":
             if t < 0:
@@ -258,7 +255,7 @@ def set_lr(optimizer: Any, lr: float) -> None:
     ``optimizer`` is anything with a ``param_groups`` list of dicts (a
     ``torch.optim.Optimizer``). ``lr`` must be finite and ``>= 0``.
     """
-    if not _is_real(lr) or lr < 0:
+    if not is_real_number(lr) or lr < 0:
         raise UserError(f"lr={lr!r} must be a finite number >= 0")
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr

@@ -19,19 +19,15 @@ background, which is class 0; object labels are ``1 .. C-1``.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch.nn import functional as F
 
 from ..errors import UserError
 from ..ops.boxes import batched_nms, box_iou, ltrb_to_xywh, xywh_to_ltrb
+from ..options import is_real_number
 
 __all__ = ["BoxCoder", "hard_negative_mask", "multibox_loss", "postprocess"]
-
-
-def _is_real(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
 
 
 def _is_count(value: object) -> bool:
@@ -63,7 +59,7 @@ class BoxCoder:
         if not smallest > 0:
             raise UserError(f"default boxes must have widths and heights > 0; the smallest is {smallest}")
         for name, value in (("scale_xy", scale_xy), ("scale_wh", scale_wh)):
-            if not _is_real(value) or not value > 0:
+            if not is_real_number(value) or not value > 0:
                 raise UserError(f"{name}={value!r} must be a number > 0")
         self.default_xywh = default_boxes.detach()
         self.default_ltrb = xywh_to_ltrb(self.default_xywh)
@@ -114,7 +110,7 @@ class BoxCoder:
             offsets are exactly 0. The loss ignores them either way.)
         """
         self._check_target(boxes_ltrb, labels)
-        if not _is_real(iou_threshold) or not 0 <= iou_threshold <= 1:
+        if not is_real_number(iou_threshold) or not 0 <= iou_threshold <= 1:
             raise UserError(f"iou_threshold={iou_threshold!r} must be a number in [0, 1]")
         self._check_values([(boxes_ltrb, labels)])
         return self._match(boxes_ltrb, labels, iou_threshold)
@@ -183,7 +179,7 @@ class BoxCoder:
             raise UserError(f"targets must be a non-empty list of (boxes, labels) pairs; got {targets!r:.60}")
         for boxes, labels in targets:
             self._check_target(boxes, labels)
-        if not _is_real(iou_threshold) or not 0 <= iou_threshold <= 1:
+        if not is_real_number(iou_threshold) or not 0 <= iou_threshold <= 1:
             raise UserError(f"iou_threshold={iou_threshold!r} must be a number in [0, 1]")
         self._check_values(list(targets))
         encoded = [self._match(boxes, labels, iou_threshold) for boxes, labels in targets]
@@ -235,7 +231,7 @@ def hard_negative_mask(ce: torch.Tensor, positive: torch.Tensor, ratio: float = 
         raise UserError(f"ce must be a floating (B, D) tensor; got {_shape(ce)}")
     if not isinstance(positive, torch.Tensor) or positive.shape != ce.shape or positive.dtype != torch.bool:
         raise UserError(f"positive must be a bool tensor of ce's shape {tuple(ce.shape)}; got {_shape(positive)}")
-    if not _is_real(ratio) or not ratio > 0:
+    if not is_real_number(ratio) or not ratio > 0:
         raise UserError(f"ratio={ratio!r} must be a number > 0 (hard negatives per positive)")
     with torch.no_grad():
         b, d = ce.shape
@@ -325,9 +321,9 @@ def postprocess(coder: BoxCoder, pred_offsets: torch.Tensor, pred_logits: torch.
     if not isinstance(pred_logits, torch.Tensor) or pred_logits.dim() != 3 or pred_logits.shape[0] != b \
             or pred_logits.shape[2] != d or pred_logits.shape[1] < 2 or not pred_logits.is_floating_point():
         raise UserError(f"pred_logits must be a floating ({b}, C, {d}) tensor with C >= 2; got {_shape(pred_logits)}")
-    if not _is_real(score_threshold) or not 0 <= score_threshold < 1:
+    if not is_real_number(score_threshold) or not 0 <= score_threshold < 1:
         raise UserError(f"score_threshold={score_threshold!r} must be a number in [0, 1)")
-    if not _is_real(nms_iou):
+    if not is_real_number(nms_iou):
         raise UserError(f"nms_iou={nms_iou!r} must be a real number (useful values lie in [0, 1])")
     for name, value in (("candidates_per_class", candidates_per_class), ("max_detections", max_detections)):
         if not _is_count(value):
