@@ -54,7 +54,10 @@ faster than ``global_unstructured`` idle, at least 20x contended, within 2x of o
 masks) met or not.
 
 Usage: ``.venv/bin/python bench/selection.py [--sparsity 0.9] [--repeats 5] [--slow-repeats 3]
-[--threads N] [--quick] [--scaling [--layers 2 4 8] | --contended [--busy N]]``
+[--threads N] [--quick] [--scaling [--layers 2 4 8] | --contended [--busy N] | --first-call]``
+
+First-call mode (``--first-call``): ``--repeats`` fresh processes each time the first and second selection of
+100,000 weights, with numba's disk cache in place, then with an empty cache directory (numba compiles).
 """
 
 from __future__ import annotations
@@ -281,6 +284,36 @@ def contended_main(args: argparse.Namespace, repeats: int, slow_repeats: int, lo
     for what, met in checks:
         print(f"Target '{what}': {'MET' if met else 'NOT MET'}")
     return 0 if correct else 1
+
+
+# --- first call in a process (--first-call) -------------------------------------------------------
+
+FIRST_CALL = """
+import time, torch
+from sparsetrain.sparsity import smallest_magnitude_masks
+tensors = [torch.randn(100_000)]
+start = time.perf_counter(); smallest_magnitude_masks(tensors, 5_000); first = time.perf_counter() - start
+start = time.perf_counter(); smallest_magnitude_masks(tensors, 5_000); second = time.perf_counter() - start
+print(first, second)
+"""
+
+
+def first_call_main(runs: int) -> int:
+    """The first selection of a fresh process (numba loads or compiles the fused scan) against the second, with
+    numba's disk cache in place and with an empty cache directory (``NUMBA_CACHE_DIR``: it compiles)."""
+    import subprocess
+    import tempfile
+
+    print(machine_line())
+    print("| numba cache | run | first call (s) | second call (ms) |\n|---|---:|---:|---:|")
+    for label in ("in place", "empty (compiles)"):
+        for run in range(1, runs + 1):
+            with tempfile.TemporaryDirectory() as empty:
+                env = dict(os.environ, **({"NUMBA_CACHE_DIR": empty} if label != "in place" else {}))
+                out = subprocess.run([sys.executable, "-c", FIRST_CALL], env=env, check=True, capture_output=True,
+                                     text=True).stdout.split()
+            print(f"| {label} | {run} | {float(out[0]):.3f} | {float(out[1]) * 1e3:.2f} |")
+    return 0
 
 
 # --- size scaling (--scaling) -------------------------------------------------------------------
@@ -565,6 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: torch's)")
     parser.add_argument("--contended", action="store_true",
                         help="ours, global_unstructured and one abs() pass idle, then with --busy spinning processes")
+    parser.add_argument("--first-call", action="store_true",
+                        help="the first selection in a fresh process vs the second, numba cache in place and empty")
     parser.add_argument("--busy", type=int, default=os.cpu_count() or 2,
                         help="--contended: busy processes to start (default: one per CPU)")
     args = parser.parse_args(argv)
@@ -576,6 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats, slow_repeats = min(repeats, 3), 1
     if args.contended:
         return contended_main(args, repeats, slow_repeats, load_at_start)
+    if args.first_call:
+        return first_call_main(repeats)
     if args.scaling:
         if min(args.layers) < 1:
             parser.error("--layers must be >= 1")

@@ -15,7 +15,7 @@ as does everything when numba is not importable (a source checkout on ``PYTHONPA
 as ``bench/throughput.py`` runs on a lent GPU machine).
 
 The kernels compile on first use and numba caches them on disk where it can write; the first call in a
-process then costs about 0.3 s (loading the cached code), or about 1 s when it has to compile.
+process then costs about 0.35 s (loading the cached code), or about 0.7 s when it has to compile.
 """
 
 from __future__ import annotations
